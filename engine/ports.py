@@ -1,0 +1,89 @@
+"""The narrow port between the flow runtime / CLI and the engine service.
+
+`EngineAPI` is what the runtime and the CLI call. Two implementations:
+
+- `engine.service.EngineService` — the engine service itself, over the database (embedded mode
+  calls it in process; `flowrelay server` serves it over the broker);
+- a broker RPC client (distributed mode), sending the same calls as JSON commands.
+
+Every method is async and takes/returns the pydantic objects of `engine.schemas`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, Protocol
+
+from engine.schemas import (
+    Event,
+    FlowRun,
+    FlowRunFilter,
+    LogRecord,
+    OrchestrationResult,
+    TaskRun,
+)
+from engine.states import State
+
+
+class EngineAPI(Protocol):
+    async def create_flow_run(
+        self,
+        flow_name: str,
+        parameters: dict[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        state: State | None = None,
+        tags: list[str] | None = None,
+        idempotency_key: str | None = None,
+        parent_task_run_id: uuid.UUID | None = None,
+        parent_flow_run_id: uuid.UUID | None = None,
+        deployment_id: uuid.UUID | None = None,
+        work_pool: str | None = None,
+        expected_start_time: dt.datetime | None = None,
+        caused_by: dict[str, Any] | None = None,
+    ) -> FlowRun:
+        """Create a flow run (initial state Pending unless `state` is given). With an
+        `idempotency_key` already used, return the existing run unchanged."""
+        ...
+
+    async def set_flow_run_state(
+        self, flow_run_id: uuid.UUID, state: State, *, force: bool = False
+    ) -> OrchestrationResult: ...
+
+    async def create_task_run(
+        self,
+        flow_run_id: uuid.UUID,
+        name: str,
+        task_key: str,
+        *,
+        dynamic_key: str = "0",
+        parameters: dict[str, Any] | None = None,
+        tags: list[str] | None = None,
+        state: State | None = None,
+        id: uuid.UUID | None = None,
+    ) -> TaskRun: ...
+
+    async def set_task_run_state(
+        self, task_run_id: uuid.UUID, state: State, *, force: bool = False
+    ) -> OrchestrationResult: ...
+
+    async def write_logs(self, logs: list[LogRecord]) -> None: ...
+
+    async def emit_event(self, event: Event) -> None: ...
+
+    async def read_flow_run(self, flow_run_id: uuid.UUID) -> FlowRun: ...
+
+    async def read_flow_runs(self, flt: FlowRunFilter | None = None) -> list[FlowRun]: ...
+
+    async def read_flow_run_states(self, flow_run_id: uuid.UUID) -> list[State]: ...
+
+    async def read_task_runs(self, flow_run_id: uuid.UUID) -> list[TaskRun]: ...
+
+    async def read_task_run_states(self, task_run_id: uuid.UUID) -> list[State]: ...
+
+    async def read_logs(self, flow_run_id: uuid.UUID, limit: int = 1000) -> list[LogRecord]: ...
+
+    async def read_events(self, resource_id: str | None = None, limit: int = 200) -> list[Event]: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,101 @@
+"""Shared fixtures.
+
+Services: RabbitMQ tests carry `@pytest.mark.rabbitmq`, PostgreSQL tests `@pytest.mark.postgres`.
+Locally they skip when the service is missing; with CI set they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+CI = bool(os.environ.get("CI"))
+AMQP_URL = os.environ.get("FLOWRELAY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+POSTGRES_URL = os.environ.get(
+    "FLOWRELAY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parsed = urlparse(url.replace("+asyncpg", ""))
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), 2):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, url: str, port: int) -> None:
+    if _reachable(url, port):
+        return
+    message = f"{name} is not reachable at {url}"
+    if CI:
+        pytest.fail(f"{message} (CI is set: service tests fail instead of skipping)")
+    pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own FLOWRELAY_HOME (and so its own embedded SQLite database)."""
+    home = tmp_path / "flowrelay-home"
+    home.mkdir()
+    monkeypatch.setenv("FLOWRELAY_HOME", str(home))
+    monkeypatch.delenv("FLOWRELAY_CONFIG", raising=False)
+    for key in list(os.environ):
+        if key.startswith("FLOWRELAY_") and key not in ("FLOWRELAY_HOME",) and not key.startswith("FLOWRELAY_TEST_"):
+            monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield home
+    try:
+        from engine.runtime import embedded
+
+        embedded.reset()
+    except ImportError:
+        pass
+
+
+@pytest.fixture
+def amqp_url() -> str:
+    require_service("RabbitMQ", AMQP_URL, 5672)
+    return AMQP_URL
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    require_service("PostgreSQL", POSTGRES_URL, 5432)
+    return POSTGRES_URL
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database URL: a temp-file SQLite database, or a fresh schema on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+        return
+    require_service("PostgreSQL", POSTGRES_URL, 5432)
+    import asyncio
+
+    import asyncpg  # type: ignore[import-untyped]
+
+    dbname = f"flowrelay_test_{uuid.uuid4().hex[:12]}"
+    plain = POSTGRES_URL.replace("postgresql+asyncpg", "postgresql")
+
+    async def _admin(sql: str) -> None:
+        conn = await asyncpg.connect(plain)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(_admin(f'CREATE DATABASE "{dbname}"'))
+    base = POSTGRES_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{dbname}"
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
