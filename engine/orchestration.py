@@ -1,0 +1,126 @@
+"""Orchestration rules: which state a run may move to from the state it is in.
+
+`decide()` is pure (no I/O, no clock): the engine service loads the run's current state, asks
+`decide()`, and writes only on ACCEPT. Semantics follow Prefect:
+
+- a run with no state accepts any proposal;
+- a duplicate proposal (same type and name as the current state) is idempotent: ACCEPT with
+  nothing to write, provided it comes from the same worker (``details.worker_id``). Workers claim
+  a run by proposing Running with their id, so a second claimer is REJECTed, told who holds it;
+- final states (Completed, Failed, Crashed, Cancelled) are left only for a retry
+  (AwaitingRetry / Scheduled after Failed or Crashed), or with ``force=True``;
+- otherwise the proposal must be in `TRANSITIONS` (keyed by state *name*, since
+  Late/AwaitingRetry/AwaitingConcurrencySlot are Scheduled types and Retrying a Running type);
+- ABORT is for a proposal that makes no sense whatever the current state: a known state name
+  used with another type (``State(type=RUNNING, name="Late")``).
+
+State names outside `engine.states.STATE_NAMES` are judged as their type's default name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from engine.states import DEFAULT_NAMES, STATE_NAMES, State
+
+
+class Status(str, Enum):
+    ACCEPT = "ACCEPT"
+    REJECT = "REJECT"
+    ABORT = "ABORT"
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: Status
+    reason: str | None = None
+    #: False for an accepted duplicate: the run already is in that state, write nothing.
+    write: bool = True
+
+    @property
+    def accepted(self) -> bool:
+        return self.status is Status.ACCEPT
+
+
+_SCHEDULED_FAMILY_TO = frozenset(
+    {
+        "Pending",
+        "Running",
+        "Late",
+        "Cancelled",
+        "Cancelling",
+        "Failed",
+        "Crashed",
+        "Paused",
+        "AwaitingConcurrencySlot",
+    }
+)
+_RUNNING_FAMILY_TO = frozenset(
+    {"Completed", "Failed", "Crashed", "Cancelling", "Cancelled", "Paused", "AwaitingRetry", "Retrying"}
+)
+
+#: Allowed transitions, by state name: from -> the names it may move to (duplicates aside).
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "Scheduled": _SCHEDULED_FAMILY_TO,
+    "Late": _SCHEDULED_FAMILY_TO,
+    "AwaitingConcurrencySlot": _SCHEDULED_FAMILY_TO,
+    # An in-process retry goes Running -> AwaitingRetry -> Retrying.
+    "AwaitingRetry": _SCHEDULED_FAMILY_TO | {"Retrying"},
+    "Pending": frozenset(
+        {"Running", "Failed", "Crashed", "Cancelled", "Cancelling", "Paused", "AwaitingConcurrencySlot"}
+    ),
+    "Running": _RUNNING_FAMILY_TO,
+    "Retrying": _RUNNING_FAMILY_TO,
+    "Paused": frozenset(
+        {"Pending", "Running", "Cancelled", "Cancelling", "Crashed", "Failed", "Scheduled"}
+    ),
+    "Cancelling": frozenset({"Cancelled", "Crashed", "Failed", "Completed"}),
+    # Final states: only a retry leaves Failed/Crashed.
+    "Completed": frozenset(),
+    "Failed": frozenset({"AwaitingRetry", "Scheduled"}),
+    "Crashed": frozenset({"AwaitingRetry", "Scheduled"}),
+    "Cancelled": frozenset(),
+}
+
+
+def canonical_name(state: State) -> str:
+    """The state name the rules are keyed by (an unknown custom name counts as its type's)."""
+    if state.name in STATE_NAMES and STATE_NAMES[state.name] is state.type:
+        return state.name
+    return DEFAULT_NAMES[state.type]
+
+
+def decide(current: State | None, proposed: State, *, force: bool = False) -> Decision:
+    """Judge `proposed` against the run's `current` state."""
+    expected_type = STATE_NAMES.get(proposed.name)
+    if expected_type is not None and expected_type is not proposed.type:
+        return Decision(
+            Status.ABORT,
+            f"state name {proposed.name!r} is a {expected_type.value} state, "
+            f"not {proposed.type.value}",
+        )
+    if force:
+        return Decision(Status.ACCEPT, "forced")
+    if current is None:
+        return Decision(Status.ACCEPT)
+
+    if current.type is proposed.type and current.name == proposed.name:
+        holder, claimer = current.details.worker_id, proposed.details.worker_id
+        if holder == claimer:
+            return Decision(Status.ACCEPT, f"already {current.name}", write=False)
+        return Decision(
+            Status.REJECT,
+            f"run is already {current.name} held by worker {holder!r}"
+            f" (proposed by worker {claimer!r})",
+        )
+
+    source, target = canonical_name(current), canonical_name(proposed)
+    if target in TRANSITIONS[source]:
+        return Decision(Status.ACCEPT)
+    if current.is_final():
+        return Decision(Status.REJECT, f"run is already final ({current.name}), cannot move to {proposed.name}")
+    return Decision(Status.REJECT, f"cannot move from {current.name} to {proposed.name}")
+
+
+__all__ = ["TRANSITIONS", "Decision", "Status", "canonical_name", "decide"]

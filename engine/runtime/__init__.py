@@ -1,0 +1,1 @@
+"""The flow and task runtime: decorators, run engines, futures, context, the engine loop."""

@@ -1,0 +1,429 @@
+"""`@flow`: the container of workflow logic, and the engine that runs one flow run.
+
+Calling a flow creates a flow run (recorded by the engine service), validates its parameters
+against the type hints, runs the body, and decides the final state by Prefect's documented rules:
+
+- an exception → Failed;
+- `None` → Failed if any task run or subflow run of this run failed, else Completed;
+- futures or states returned (alone, or in a list, tuple or set) → Failed if any of them did not
+  complete, else Completed with their values;
+- a returned `State` → that state;
+- anything else → Completed with that value as the result.
+
+Calling a flow returns its result (raising its error if it failed); `return_state=True` gives the
+final `State`. A flow called inside a flow is a subflow: a child run linked to a task run of the
+parent that mirrors its state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import datetime as dt
+import functools
+import inspect
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+import structlog
+
+from engine.errors import ParameterValidationError, ResultNotSerializable, ResultTooLarge
+from engine.runtime import embedded
+from engine.runtime.context import FlowRunContext, flow_run_ctx, task_run_ctx
+from engine.runtime.futures import TaskFuture
+from engine.runtime.parameters import bind, call_arguments, to_json_parameters, validate
+from engine.runtime.results import to_storable
+from engine.runtime.tasks import UpstreamFailed, _failure_message, _flush_logs, _retry_delay, resolve
+from engine.schemas import FlowRun, LogRecord
+from engine.states import (
+    AwaitingRetry,
+    Completed,
+    Failed,
+    Pending,
+    Running,
+    State,
+    StateDetails,
+    utcnow,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+log = structlog.get_logger("flowrelay.runtime")
+
+_body_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_body_pool_lock = threading.Lock()
+
+
+def _body_executor() -> concurrent.futures.ThreadPoolExecutor:
+    """Threads for sync flow bodies, apart from task threads so nesting cannot starve them."""
+    global _body_pool
+    with _body_pool_lock:
+        if _body_pool is None:
+            _body_pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=256, thread_name_prefix="flowrelay-flow"
+            )
+        return _body_pool
+
+
+class Flow(Generic[P, R]):
+    """A flow: a function whose calls become flow runs."""
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        version: str | None = None,
+        retries: int = 0,
+        retry_delay_seconds: float | list[float] = 0,
+        timeout_seconds: float | None = None,
+        tags: Iterable[str] | None = None,
+        flow_run_name: str | Callable[[], str] | None = None,
+        validate_parameters: bool = True,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError("@flow must decorate a function")
+        if retries < 0:
+            raise ValueError(f"flow {name or fn.__name__!r}: retries must be >= 0, got {retries}")
+        self.fn = fn
+        self.name = name or fn.__name__
+        self.description = description or inspect.getdoc(fn)
+        self.version = version
+        self.retries = retries
+        self.retry_delay_seconds = retry_delay_seconds
+        self.timeout_seconds = timeout_seconds
+        self.tags = list(tags or [])
+        self.flow_run_name = flow_run_name
+        self.should_validate_parameters = validate_parameters
+        self.is_async = inspect.iscoroutinefunction(fn)
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    def with_options(self, **options: Any) -> Flow[P, R]:
+        current = dict(
+            name=self.name, description=self.description, version=self.version,
+            retries=self.retries, retry_delay_seconds=self.retry_delay_seconds,
+            timeout_seconds=self.timeout_seconds, tags=self.tags, flow_run_name=self.flow_run_name,
+            validate_parameters=self.should_validate_parameters,
+        )
+        current.update(options)
+        return Flow(self.fn, **current)  # type: ignore[arg-type]
+
+    def validate_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """Coerce `parameters` (by name) through the type hints; raises ParameterValidationError."""
+        return validate(self.fn, parameters, what=f"flow {self.name!r}")
+
+    def __repr__(self) -> str:
+        return f"Flow(name={self.name!r})"
+
+    # --- calling ----------------------------------------------------------------------------
+    @overload
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    @overload
+    def __call__(self, *args: Any, return_state: bool = ..., **kwargs: Any) -> Any: ...
+
+    def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:
+        if self.is_async:
+            return self._call_async(args, kwargs, return_state)
+        runner = FlowRunner(self, contextvars.copy_context())
+        state = embedded.engine_loop().run(runner.run_call(args, kwargs))
+        return state if return_state else state.result()
+
+    async def _call_async(self, args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool) -> Any:
+        runner = FlowRunner(self, contextvars.copy_context())
+        state = await runner.run_call(args, kwargs)
+        return state if return_state else state.result()
+
+    async def run_existing(self, flow_run: FlowRun) -> State:
+        """Run a flow run created elsewhere (a deployment run claimed by a worker)."""
+        return await FlowRunner(self, contextvars.copy_context()).run(flow_run)
+
+
+@overload
+def flow(fn: Callable[P, R]) -> Flow[P, R]: ...
+
+
+@overload
+def flow(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    version: str | None = None,
+    retries: int = 0,
+    retry_delay_seconds: float | list[float] = 0,
+    timeout_seconds: float | None = None,
+    tags: Iterable[str] | None = None,
+    flow_run_name: str | Callable[[], str] | None = None,
+    validate_parameters: bool = True,
+) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+
+
+def flow(fn: Callable[P, R] | None = None, **options: Any) -> Any:
+    """Decorate a function as a flow: `@flow` or `@flow(name=..., retries=..., ...)`."""
+    if fn is None:
+        return lambda f: Flow(f, **options)
+    return Flow(fn, **options)
+
+
+class FlowRunner:
+    """Runs one flow run from creation to its final state."""
+
+    def __init__(self, flow: Flow[..., Any], caller_context: contextvars.Context) -> None:
+        self.flow = flow
+        self.caller_context = caller_context
+        self.parent: FlowRunContext | None = caller_context.get(flow_run_ctx)
+        self.parent_task_run_id: uuid.UUID | None = None
+        self.logs: list[LogRecord] = []
+
+    # --- creation ---------------------------------------------------------------------------
+    async def run_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> State:
+        """A plain call: create the run from the call's arguments, then run it."""
+        flow = self.flow
+        bind_error: ParameterValidationError | None = None
+        try:
+            params = bind(flow.fn, args, kwargs)
+        except ParameterValidationError as exc:
+            params, bind_error = dict(kwargs), exc
+        if self.parent is not None:
+            try:
+                params = {k: await resolve(v) for k, v in params.items()}
+            except UpstreamFailed as exc:
+                bind_error = ParameterValidationError(f"subflow {flow.name!r} did not run: {exc}")
+            await self._create_parent_task_run()
+        try:
+            stored = to_json_parameters(params, what=f"flow {flow.name!r}")
+        except ParameterValidationError as exc:
+            stored, bind_error = {}, exc
+        parent_flow_run_id = self.parent.flow_run.id if self.parent else None
+        flow_run = await embedded.call(
+            lambda api: api.create_flow_run(
+                flow.name, stored, name=self._run_name(params), tags=flow.tags,
+                parent_task_run_id=self.parent_task_run_id, parent_flow_run_id=parent_flow_run_id,
+            )
+        )
+        if self.parent_task_run_id is not None:
+            await self._set_parent_task_state(Running(child_flow_run_id=flow_run.id))
+        return await self.run(flow_run, params=params, error=bind_error)
+
+    def _run_name(self, params: dict[str, Any]) -> str | None:
+        template = self.flow.flow_run_name
+        if template is None:
+            return None
+        if callable(template):
+            return str(template())
+        try:
+            return template.format(**params)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ParameterValidationError(
+                f"flow {self.flow.name!r}: flow_run_name {template!r} could not be formatted: {exc}"
+            ) from None
+
+    async def _create_parent_task_run(self) -> None:
+        assert self.parent is not None
+        task_key = f"subflow-{self.flow.name}"
+        dynamic_key = self.parent.next_dynamic_key(task_key)
+        self.parent_task_run_id = uuid.uuid4()
+        parent_run_id = self.parent.flow_run.id
+        await embedded.call(
+            lambda api: api.create_task_run(
+                parent_run_id, f"{self.flow.name}-{dynamic_key}", task_key,
+                dynamic_key=dynamic_key, state=Pending(), id=self.parent_task_run_id,
+            )
+        )
+
+    async def _set_parent_task_state(self, state: State) -> None:
+        task_run_id = self.parent_task_run_id
+        if task_run_id is None:
+            return
+        await embedded.call(lambda api: api.set_task_run_state(task_run_id, state))
+
+    # --- running ----------------------------------------------------------------------------
+    async def run(
+        self,
+        flow_run: FlowRun,
+        *,
+        params: dict[str, Any] | None = None,
+        error: ParameterValidationError | None = None,
+    ) -> State:
+        flow = self.flow
+        structlog.contextvars.bind_contextvars(flow_run_id=str(flow_run.id))
+        if params is None:
+            params = dict(flow_run.parameters)
+        if error is None and flow.should_validate_parameters:
+            try:
+                params = flow.validate_parameters(params)
+            except ParameterValidationError as exc:
+                error = exc
+        if error is not None:
+            log.warning("flow run parameters are invalid", flow=flow.name, error=str(error))
+            state = Failed(message=str(error)).with_exception(error)
+            return await self._finish(flow_run, state)
+
+        attempt = 0
+        while True:
+            answer = await embedded.call(lambda api: api.set_flow_run_state(flow_run.id, Running()))
+            if not answer.accepted:
+                log.info("flow run not started", reason=answer.reason, flow_run=flow_run.name)
+                return answer.state or Failed(message=answer.reason)
+            self._log(flow_run, f"Beginning flow run {flow_run.name!r} for flow {flow.name!r}")
+            state = await self._execute(flow_run, params)
+            if state.is_failed() and attempt < flow.retries:
+                delay = _retry_delay(flow.retry_delay_seconds, attempt)
+                attempt += 1
+                retry = AwaitingRetry(
+                    message=f"retry {attempt}/{flow.retries} in {delay:g} s after: {state.message}",
+                    scheduled_time=utcnow() + dt.timedelta(seconds=delay),
+                    retry_count=attempt,
+                )
+                await embedded.call(lambda api: api.set_flow_run_state(flow_run.id, retry))
+                self._log(flow_run, f"Flow run failed ({state.message}); {retry.message}")
+                await asyncio.sleep(delay)
+                continue
+            return await self._finish(flow_run, state)
+
+    async def _execute(self, flow_run: FlowRun, params: dict[str, Any]) -> State:
+        flow = self.flow
+        loop = asyncio.get_running_loop()
+        ctx = FlowRunContext(flow=flow, flow_run=flow_run, loop=loop if flow.is_async else None)
+        run_context = self.caller_context.copy()
+        run_context.run(flow_run_ctx.set, ctx)
+        run_context.run(task_run_ctx.set, None)
+        run_context.run(structlog.contextvars.bind_contextvars, flow_run_id=str(flow_run.id))
+        args, kwargs = call_arguments(flow.fn, params)
+        timed_out = False
+        try:
+            if flow.is_async:
+                body = loop.create_task(_await(flow.fn, args, kwargs), context=run_context)
+                value = await asyncio.wait_for(body, flow.timeout_seconds)
+            else:
+                fut = loop.run_in_executor(
+                    _body_executor(), functools.partial(run_context.run, flow.fn, *args, **kwargs)
+                )
+                value = await asyncio.wait_for(fut, flow.timeout_seconds)
+        except TimeoutError:
+            timed_out = True
+            state = Failed(
+                message=f"Flow run {flow_run.name!r} exceeded its timeout of {flow.timeout_seconds:g} s"
+            )
+        except Exception as exc:  # noqa: BLE001 - user code: every error becomes a Failed state
+            state = Failed(message=_failure_message(f"Flow run {flow_run.name!r}", exc)).with_exception(exc)
+        else:
+            state = None  # decided below, once submitted work has finished
+        if not timed_out:
+            # Structured: every task submitted in this run ends before the run does.
+            await asyncio.gather(*(f.wait_async() for f in list(ctx.futures)), return_exceptions=True)
+        if state is None:
+            state = await final_state(value, ctx)
+        for record in ctx.take_logs():
+            self.logs.append(record)
+        return state
+
+    async def _finish(self, flow_run: FlowRun, state: State) -> State:
+        if state.is_completed():
+            try:
+                state.data = to_storable(
+                    state.result(), max_bytes=_result_max_bytes(), what=f"flow run {flow_run.name!r}"
+                )
+            except (ResultNotSerializable, ResultTooLarge) as exc:
+                state = Failed(message=str(exc)).with_exception(exc)
+        self._log(flow_run, f"Finished in state {state!r}")
+        answer = await embedded.call(lambda api: api.set_flow_run_state(flow_run.id, state))
+        await self._flush(flow_run)
+        if not answer.accepted and answer.state is not None:
+            log.warning("final state rejected", proposed=state.name, current=answer.state.name,
+                        reason=answer.reason)
+        if self.parent is not None:
+            mirror = State(
+                type=state.type, name=state.name, message=state.message, data=state.data,
+                details=StateDetails(child_flow_run_id=flow_run.id),
+            )
+            await self._set_parent_task_state(mirror)
+            if state.exception is not None:
+                mirror.with_exception(state.exception)
+            self.parent.record(mirror)
+        return state
+
+    def _log(self, flow_run: FlowRun, message: str) -> None:
+        self.logs.append(LogRecord(flow_run_id=flow_run.id, logger="flowrelay.flow_run", message=message))
+        log.info(message, flow_run_id=str(flow_run.id))
+
+    async def _flush(self, flow_run: FlowRun) -> None:
+        logs, self.logs = self.logs, []
+        if logs:
+            await embedded.call(lambda api: api.write_logs(logs))
+
+
+async def _await(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return await fn(*args, **kwargs)
+
+
+def _result_max_bytes() -> int:
+    from engine.settings import get_settings
+
+    return get_settings().results.max_bytes
+
+
+async def final_state(value: Any, ctx: FlowRunContext) -> State:
+    """Prefect's final-state rules for a flow body that returned `value`."""
+    await _flush_logs_into(ctx)
+    if isinstance(value, State):
+        if value.is_completed() and value.exception is None and not _has_value(value):
+            value.with_value(value.data)
+        return value
+    if isinstance(value, TaskFuture):
+        return _from_states([await value.wait_async()], value, single=True)
+    if isinstance(value, list | tuple | set) and any(isinstance(v, TaskFuture | State) for v in value):
+        states = [await v.wait_async() if isinstance(v, TaskFuture) else v
+                  for v in value if isinstance(v, TaskFuture | State)]
+        return _from_states(states, value, single=False)
+    if value is None:
+        failed = [s for s in ctx.child_states if s.is_final() and not s.is_completed()]
+        if failed:
+            state = Failed(message=f"{len(failed)}/{len(ctx.child_states)} states failed.")
+            first = next((s.exception for s in failed if s.exception is not None), None)
+            if first is not None:
+                state.with_exception(first)
+            return state
+    return Completed().with_value(value)
+
+
+def _from_states(states: list[State], value: Any, *, single: bool) -> State:
+    failed = [s for s in states if not s.is_completed()]
+    if failed:
+        if single:
+            message = f"returned task run ended {failed[0].name}: {failed[0].message}"
+        else:
+            message = f"{len(failed)}/{len(states)} states failed."
+        state = Failed(message=message)
+        first = next((s.exception for s in failed if s.exception is not None), None)
+        if first is not None:
+            state.with_exception(first)
+        return state
+    if single:
+        return Completed().with_value(states[0].result())
+    return Completed().with_value(_substitute(value))
+
+
+def _substitute(value: Any) -> Any:
+    def one(v: Any) -> Any:
+        if isinstance(v, TaskFuture):
+            return v.result()
+        if isinstance(v, State):
+            return v.result()
+        return v
+
+    items = [one(v) for v in value]
+    return type(value)(items)
+
+
+def _has_value(state: State) -> bool:
+    return bool(state._has_value)  # noqa: SLF001
+
+
+async def _flush_logs_into(ctx: FlowRunContext) -> None:
+    await _flush_logs(ctx)
