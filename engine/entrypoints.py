@@ -15,6 +15,7 @@ import difflib
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -39,16 +40,21 @@ def load_object(entrypoint: str) -> Any:
     return _get_attribute(module, name, entrypoint)
 
 
-def load_flow(entrypoint: str) -> Flow:
+def load_flow(entrypoint: str) -> Flow[..., Any]:
     """The flow named by `entrypoint`; `EntrypointError` if the object is not a ``@flow``."""
     from engine.runtime.flows import Flow
+    from engine.runtime.tasks import Task
 
     obj = load_object(entrypoint)
-    if not isinstance(obj, Flow):
-        kind = "a function" if callable(obj) else f"a {type(obj).__name__}"
-        hint = " (decorate it with @flow)" if callable(obj) else ""
-        raise EntrypointError(f"{entrypoint}: {kind}, not a flow{hint}")
-    return obj
+    if isinstance(obj, Flow):
+        return obj
+    if isinstance(obj, Task):
+        what = "a task, not a flow (tasks run inside flows: call it from a @flow)"
+    elif inspect.isfunction(obj):
+        what = "a function, not a flow (decorate it with @flow)"
+    else:
+        what = f"a {type(obj).__name__}, not a flow"
+    raise EntrypointError(f"{entrypoint}: {what}")
 
 
 def _split(entrypoint: str) -> tuple[str, str]:
@@ -67,8 +73,9 @@ def _is_file_target(target: str) -> bool:
 def _import_file(target: str, entrypoint: str) -> ModuleType:
     path = Path(target).expanduser()
     if not path.is_file():
-        reason = "is a directory, not a .py file" if path.is_dir() else "no such file"
-        raise EntrypointError(f"{entrypoint}: {target}: {reason}")
+        if path.is_dir():
+            raise EntrypointError(f"{entrypoint}: {target} is a directory, not a .py file")
+        raise EntrypointError(f"{entrypoint}: no such file {target!r} (in {Path.cwd()})")
     path = path.resolve()
     folder = str(path.parent)
     if folder not in sys.path:
@@ -147,7 +154,9 @@ def _get_attribute(module: ModuleType, name: str, entrypoint: str) -> Any:
             where = getattr(obj, "__name__", type(obj).__name__)
             if isinstance(obj, ModuleType) and obj.__file__:
                 where = _display_path(obj.__file__)
-            raise EntrypointError(f"{entrypoint}: {where} has no attribute {part!r}{hint}") from None
+            raise EntrypointError(
+                f"{entrypoint}: {where} has no attribute {part!r}{hint}"
+            ) from None
     return obj
 
 

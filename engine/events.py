@@ -44,7 +44,9 @@ def _result_fields(state: State, result: Any) -> dict[str, Any]:
     return {"result": result}
 
 
-def _state_payload(state: State, run_count: int, parameters: dict[str, Any], result: Any) -> dict[str, Any]:
+def _state_payload(
+    state: State, run_count: int, parameters: dict[str, Any], result: Any
+) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "state": state.name,
         "type": state.type.value,
@@ -56,9 +58,7 @@ def _state_payload(state: State, run_count: int, parameters: dict[str, Any], res
     return payload
 
 
-def flow_run_event(
-    run: FlowRun, state: State, *, seq: int, follows: uuid.UUID | None
-) -> Event:
+def flow_run_event(run: FlowRun, state: State, *, seq: int, follows: uuid.UUID | None) -> Event:
     """The event for `run` entering `state` (`run` already carries the new state's effects:
     run_count, result, ...). `seq` is this event's number within the run (1, 2, ...) and `follows`
     the id of the run's previous event."""
@@ -129,7 +129,7 @@ def routing_key_for(event: Event) -> str:
     """The topic routing key of `event` (see the module docstring)."""
     for prefix in (FLOW_RUN_PREFIX, TASK_RUN_PREFIX):
         if event.event.startswith(prefix) and "flow" in event.resource:
-            state = event.event[len(prefix):]
+            state = event.event[len(prefix) :]
             return f"{prefix}{_key_word(event.resource['flow'])}.{_key_word(state)}"
     return event.event
 

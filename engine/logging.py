@@ -24,6 +24,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from engine.settings import Settings, get_settings, is_secret_key, mask_url_passwords
 
 _HANDLER_MARK = "_flowrelay_handler"
+_QUIET_LIBRARIES = ("alembic", "aiormq", "aio_pika", "sqlalchemy", "aiosqlite", "asyncio")
 
 
 def mask_secrets_processor(
@@ -45,7 +46,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__()
         setattr(self, _HANDLER_MARK, True)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> IO[str]:
         return sys.stderr
 
@@ -110,6 +111,11 @@ def configure_logging(settings: Settings | None = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # Libraries chatty at INFO (alembic announces every plugin) speak up only at DEBUG.
+    for name in _QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(
+            logging.NOTSET if level <= logging.DEBUG else logging.WARNING
+        )
 
 
 def _stderr_is_tty() -> bool:

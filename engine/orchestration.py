@@ -20,12 +20,12 @@ State names outside `engine.states.STATE_NAMES` are judged as their type's defau
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from engine.states import DEFAULT_NAMES, STATE_NAMES, State
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     ACCEPT = "ACCEPT"
     REJECT = "REJECT"
     ABORT = "ABORT"
@@ -35,12 +35,17 @@ class Status(str, Enum):
 class Decision:
     status: Status
     reason: str | None = None
-    #: False for an accepted duplicate: the run already is in that state, write nothing.
-    write: bool = True
+    #: An accepted duplicate: the run already is in that state.
+    duplicate: bool = False
 
     @property
     def accepted(self) -> bool:
         return self.status is Status.ACCEPT
+
+    @property
+    def write(self) -> bool:
+        """Whether the proposed state must be written (accepted, and not a duplicate)."""
+        return self.accepted and not self.duplicate
 
 
 _SCHEDULED_FAMILY_TO = frozenset(
@@ -57,7 +62,16 @@ _SCHEDULED_FAMILY_TO = frozenset(
     }
 )
 _RUNNING_FAMILY_TO = frozenset(
-    {"Completed", "Failed", "Crashed", "Cancelling", "Cancelled", "Paused", "AwaitingRetry", "Retrying"}
+    {
+        "Completed",
+        "Failed",
+        "Crashed",
+        "Cancelling",
+        "Cancelled",
+        "Paused",
+        "AwaitingRetry",
+        "Retrying",
+    }
 )
 
 #: Allowed transitions, by state name: from -> the names it may move to (duplicates aside).
@@ -68,7 +82,15 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     # An in-process retry goes Running -> AwaitingRetry -> Retrying.
     "AwaitingRetry": _SCHEDULED_FAMILY_TO | {"Retrying"},
     "Pending": frozenset(
-        {"Running", "Failed", "Crashed", "Cancelled", "Cancelling", "Paused", "AwaitingConcurrencySlot"}
+        {
+            "Running",
+            "Failed",
+            "Crashed",
+            "Cancelled",
+            "Cancelling",
+            "Paused",
+            "AwaitingConcurrencySlot",
+        }
     ),
     "Running": _RUNNING_FAMILY_TO,
     "Retrying": _RUNNING_FAMILY_TO,
@@ -108,7 +130,7 @@ def decide(current: State | None, proposed: State, *, force: bool = False) -> De
     if current.type is proposed.type and current.name == proposed.name:
         holder, claimer = current.details.worker_id, proposed.details.worker_id
         if holder == claimer:
-            return Decision(Status.ACCEPT, f"already {current.name}", write=False)
+            return Decision(Status.ACCEPT, f"already {current.name}", duplicate=True)
         return Decision(
             Status.REJECT,
             f"run is already {current.name} held by worker {holder!r}"
@@ -119,7 +141,9 @@ def decide(current: State | None, proposed: State, *, force: bool = False) -> De
     if target in TRANSITIONS[source]:
         return Decision(Status.ACCEPT)
     if current.is_final():
-        return Decision(Status.REJECT, f"run is already final ({current.name}), cannot move to {proposed.name}")
+        return Decision(
+            Status.REJECT, f"run is already final ({current.name}), cannot move to {proposed.name}"
+        )
     return Decision(Status.REJECT, f"cannot move from {current.name} to {proposed.name}")
 
 

@@ -40,7 +40,9 @@ MASK = "****"
 _SECRET_KEY_PARTS = ("password", "token", "secret")
 # scheme://user:PASSWORD@ — the password runs to the last "@" before whitespace, so a password
 # holding an unescaped "@" is masked whole (masking too much is the safe failure).
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/?#@]*:)(?P<pw>[^\s]*)(?=@)")
+_URL_PASSWORD = re.compile(
+    r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/?#@]*:)(?P<pw>[^\s]*)(?=@)"
+)
 
 
 class _Section(BaseModel):
@@ -170,7 +172,9 @@ def mask_secrets(value: Any) -> Any:
     and the whole value of any key containing password/token/secret."""
     if isinstance(value, Mapping):
         return {
-            key: (MASK if is_secret_key(str(key)) and item not in (None, "") else mask_secrets(item))
+            key: (
+                MASK if is_secret_key(str(key)) and item not in (None, "") else mask_secrets(item)
+            )
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):
@@ -218,7 +222,15 @@ def _read_yaml(file: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{file}:{mark.line + 1}" if mark is not None else str(file)
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if (
+            context
+            and context_mark is not None
+            and mark is not None
+            and context_mark.line != mark.line
+        ):
+            problem += f" ({context} started on line {context_mark.line + 1})"
         raise ConfigError(f"{where}: not valid YAML: {problem}") from None
     if data is None:
         return {}

@@ -165,8 +165,10 @@ class State(BaseModel):
         return self._value if self._has_value else self.data
 
     def __repr__(self) -> str:
-        msg = f", message={self.message!r}" if self.message else ""
-        return f"{self.name}({self.type.value}{msg})"
+        parts = [f"message={self.message!r}"] if self.message else []
+        if self.name != DEFAULT_NAMES[self.type]:
+            parts.append(f"type={self.type.value}")
+        return f"{self.name}({', '.join(parts)})"
 
     __str__ = __repr__
 

@@ -145,8 +145,8 @@ class Consumer(Protocol):
     @property
     def queue(self) -> str: ...
 
-    async def cancel(self, *, timeout: float = 10.0) -> None:
-        """Stop deliveries, give running handlers up to `timeout` to finish, then return every
+    async def cancel(self, *, grace: float = 10.0) -> None:
+        """Stop deliveries, give running handlers up to `grace` seconds to finish, then return every
         unsettled delivery to the queue (redelivered). Idempotent."""
         ...
 
@@ -162,7 +162,9 @@ class Broker(ABC):
         """Cancel this broker's consumers (unsettled deliveries are requeued) and disconnect."""
 
     @abstractmethod
-    async def declare_exchange(self, name: str, type: ExchangeType = "topic", *, durable: bool = True) -> None: ...
+    async def declare_exchange(
+        self, name: str, type: ExchangeType = "topic", *, durable: bool = True
+    ) -> None: ...
 
     @abstractmethod
     async def declare_queue(self, spec: QueueSpec) -> str:
@@ -197,7 +199,7 @@ class Broker(ABC):
         content_type: str = "application/json",
         persistent: bool = True,
         mandatory: bool = True,
-        timeout: float = DEFAULT_PUBLISH_TIMEOUT,
+        timeout: float = DEFAULT_PUBLISH_TIMEOUT,  # noqa: ASYNC109 - bounds the confirm wait
     ) -> None:
         """Publish and return once the broker has confirmed. `exchange=""` is the default
         exchange (routing key = queue name). Raises `Unroutable` (mandatory, no queue took it),

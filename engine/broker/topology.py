@@ -78,10 +78,14 @@ class QueueSpec:
         if not self.name:
             raise ValueError("a queue needs a name (use QueueSpec.temporary() for a private one)")
         if self.quorum and (self.exclusive or self.auto_delete or not self.durable):
-            raise ValueError(f"queue {self.name!r}: quorum queues are durable, never exclusive or auto-delete")
+            raise ValueError(
+                f"queue {self.name!r}: quorum queues are durable, never exclusive or auto-delete"
+            )
         if self.delivery_limit is not None:
             if not self.quorum:
-                raise ValueError(f"queue {self.name!r}: delivery_limit needs quorum=True (RabbitMQ ignores it otherwise)")
+                raise ValueError(
+                    f"queue {self.name!r}: delivery_limit needs quorum=True (RabbitMQ ignores it otherwise)"
+                )
             if self.delivery_limit < 0:
                 raise ValueError(f"queue {self.name!r}: delivery_limit must be >= 0")
 

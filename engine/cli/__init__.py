@@ -59,8 +59,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         # Usage errors (typer's vendored click raises them; matched by shape, not private names).
         ctx = getattr(exc, "ctx", None)
         if type(exc).__name__ == "NoArgsIsHelpError":
-            typer.echo(ctx.get_help() if ctx is not None else exc.format_message())
-            return 0
+            return 0  # typer has printed the help already
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         return _error(f"{exc.format_message()}{hint}", getattr(exc, "exit_code", EXIT_USAGE))
     except (FlowrelayError, ValueError) as exc:

@@ -28,7 +28,8 @@ def show(
         return
     file = config_path()
     overrides = sorted(
-        name for name in os.environ
+        name
+        for name in os.environ
         if name.upper().startswith(ENV_PREFIX) and not name.upper().startswith(_NOT_SETTINGS)
     )
     typer.echo(f"# file: {file if file is not None else '(none: defaults)'}")

@@ -36,13 +36,18 @@ def _read_run(client: Any, value: str) -> FlowRun:
 
 @app.command("ls")
 def ls(
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many runs.")] = 20,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, help="At most this many runs.")
+    ] = 20,
     state: Annotated[
         list[str] | None,
-        typer.Option("--state", "-s", help="Only runs in this state (Completed, Failed, ...). "
-                     "Repeatable."),
+        typer.Option(
+            "--state", "-s", help="Only runs in this state (Completed, Failed, ...). Repeatable."
+        ),
     ] = None,
-    flow: Annotated[str | None, typer.Option("--flow", "-f", help="Only runs of this flow.")] = None,
+    flow: Annotated[
+        str | None, typer.Option("--flow", "-f", help="Only runs of this flow.")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """List flow runs, newest first."""
@@ -58,14 +63,18 @@ def ls(
     tbl = output.table("id", "name", "flow", "state", "start", "duration")
     for run in runs:
         tbl.add_row(
-            str(run.id), escape(run.name), escape(run.flow_name), output.state_text(run.state),
-            output.local_time(run.start_time), output.duration(run.start_time, run.end_time),
+            str(run.id),
+            escape(run.name),
+            escape(run.flow_name),
+            output.state_text(run.state),
+            output.local_time(run.start_time),
+            output.duration(run.start_time, run.end_time),
         )
     console.print(tbl)
 
 
 @app.command("inspect")
-def inspect(run_id: RunId, as_json: JsonOption = False) -> None:
+def inspect_run(run_id: RunId, as_json: JsonOption = False) -> None:
     """Show a flow run: its states, task runs, parameters, result, parent and children."""
     client = _client()
     run = _read_run(client, run_id)
@@ -120,15 +129,21 @@ def _parent(client: Any, run: FlowRun) -> FlowRun | None:
 
 
 def _print_inspect(
-    run: FlowRun, states: list[State], task_runs: list[TaskRun], parent: FlowRun | None,
+    run: FlowRun,
+    states: list[State],
+    task_runs: list[TaskRun],
+    parent: FlowRun | None,
     children: list[FlowRun],
 ) -> None:
     console = output.console()
     console.print(f"[bold]{escape(run.name)}[/]  [bright_black]{run.id}[/]")
     fields: list[tuple[str, str]] = [
         ("flow", escape(run.flow_name)),
-        ("state", output.state_text(run.state)
-         + (f"  {escape(run.state.message)}" if run.state and run.state.message else "")),
+        (
+            "state",
+            output.state_text(run.state)
+            + (f"  {escape(run.state.message)}" if run.state and run.state.message else ""),
+        ),
         ("deployment", escape(run.deployment_name or "-")),
         ("work pool", escape(run.work_pool or "-")),
         ("tags", escape(", ".join(run.tags) or "-")),
@@ -138,8 +153,12 @@ def _print_inspect(
         ("run count", str(run.run_count)),
         ("parameters", escape(output.result_text(run.parameters))),
         ("result", escape(output.result_text(run.result)) if run.result is not None else "-"),
-        ("parent", f"{escape(parent.name)} ({parent.id})" if parent else
-         (str(run.parent_flow_run_id) if run.parent_flow_run_id else "-")),
+        (
+            "parent",
+            f"{escape(parent.name)} ({parent.id})"
+            if parent
+            else (str(run.parent_flow_run_id) if run.parent_flow_run_id else "-"),
+        ),
     ]
     if run.caused_by:
         fields.append(("caused by", escape(output.result_text(run.caused_by))))
@@ -154,16 +173,25 @@ def _print_inspect(
         console.print()
         tbl = output.table("id", "task run", "state", "start", "duration", title=None)
         for tr in task_runs:
-            tbl.add_row(str(tr.id), escape(tr.name), output.state_text(tr.state),
-                        output.local_time(tr.start_time), output.duration(tr.start_time, tr.end_time))
+            tbl.add_row(
+                str(tr.id),
+                escape(tr.name),
+                output.state_text(tr.state),
+                output.local_time(tr.start_time),
+                output.duration(tr.start_time, tr.end_time),
+            )
         console.print("[bold]Task runs[/]")
         console.print(tbl)
     if children:
         console.print()
         tbl = output.table("id", "name", "flow", "state", "duration")
         for child in children:
-            tbl.add_row(str(child.id), escape(child.name), escape(child.flow_name),
-                        output.state_text(child.state),
-                        output.duration(child.start_time, child.end_time))
+            tbl.add_row(
+                str(child.id),
+                escape(child.name),
+                escape(child.flow_name),
+                output.state_text(child.state),
+                output.duration(child.start_time, child.end_time),
+            )
         console.print("[bold]Subflow runs[/]")
         console.print(tbl)

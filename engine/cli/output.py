@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 import uuid
 from collections.abc import Iterable
@@ -34,13 +35,23 @@ STATE_STYLES: dict[StateType, str] = {
 }
 
 LEVEL_NAMES = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}
-LEVEL_STYLES = {"DEBUG": "bright_black", "INFO": "", "WARNING": "yellow", "ERROR": "red",
-                "CRITICAL": "bold red"}
+LEVEL_STYLES = {
+    "DEBUG": "bright_black",
+    "INFO": "",
+    "WARNING": "yellow",
+    "ERROR": "red",
+    "CRITICAL": "bold red",
+}
 
 
 def console() -> Console:
-    """A console on the current stdout (looked up at call time, so test runners can swap it)."""
-    return Console(file=sys.stdout, highlight=False, soft_wrap=False)
+    """A console on the current stdout (looked up at call time, so test runners can swap it).
+
+    Piped output is not cut to 80 columns: tables and lines stay whole for grep and less."""
+    stream = sys.stdout
+    isatty = getattr(stream, "isatty", None)
+    width = None if (isatty and isatty()) or os.environ.get("COLUMNS") else 200
+    return Console(file=stream, highlight=False, soft_wrap=True, width=width)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -119,8 +130,10 @@ def normalise_state_names(values: Iterable[str]) -> list[str]:
         name = by_lower.get(value.strip().lower())
         if name is None:
             close = difflib.get_close_matches(value.strip().lower(), list(by_lower), n=1)
-            hint = f" (did you mean {by_lower[close[0]]!r}?)" if close else (
-                f" (one of {', '.join(STATE_NAMES)})"
+            hint = (
+                f" (did you mean {by_lower[close[0]]!r}?)"
+                if close
+                else (f" (one of {', '.join(STATE_NAMES)})")
             )
             raise ValueError(f"--state {value!r}: not a state{hint}")
         names.append(name)
@@ -132,8 +145,10 @@ def table(*columns: str, title: str | None = None) -> Table:
     for column in columns:
         if column == "id":
             tbl.add_column(column, no_wrap=True, min_width=36, style="cyan")
+        elif column in ("name", "flow", "task run"):
+            tbl.add_column(column, overflow="ellipsis", no_wrap=True)
         else:
-            tbl.add_column(column, overflow="fold")
+            tbl.add_column(column, no_wrap=True)
     return tbl
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import inspect
 import json
 import sys
@@ -55,17 +56,25 @@ def run(
     ] = None,
     params_json: Annotated[
         str | None,
-        typer.Option("--params-json", help="All parameters as one JSON object; --param wins.",
-                     metavar="JSON"),
+        typer.Option(
+            "--params-json", help="All parameters as one JSON object; --param wins.", metavar="JSON"
+        ),
     ] = None,
     execute: Annotated[
         bool,
-        typer.Option("--execute", help="Run the flow in this process. This is also what happens "
-                     "without the flag for now; later, without it, the run will go to a worker."),
+        typer.Option(
+            "--execute",
+            help="Run the flow in this process. This is also what happens "
+            "without the flag for now; later, without it, the run will go to a worker.",
+        ),
     ] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print the finished run as JSON (id, name, flow_name, "
-                           "state, message, parameters, result).")
+        bool,
+        typer.Option(
+            "--json",
+            help="Print the finished run as JSON (id, name, flow_name, "
+            "state, message, parameters, result).",
+        ),
     ] = False,
 ) -> None:
     """Run a flow locally, in this process, and print its states and logs.
@@ -78,6 +87,7 @@ def run(
     params = parse_params(param, params_json)
     flow_obj = load_flow(entrypoint)
     # With --json, stdout holds the JSON document only: the flow's own prints go to stderr.
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)  # the database clock may round
     redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     with redirect:
         state = flow_obj(**params, return_state=True)
@@ -87,7 +97,7 @@ def run(
     from engine.client import get_client
 
     client = get_client()
-    flow_run = _read_back(client, state, flow_obj.name)
+    flow_run = _read_back(client, state, flow_obj.name, started)
     if as_json:
         output.print_json(_summary(flow_run, state))
     else:
@@ -101,15 +111,18 @@ async def _await(awaitable: Any) -> State:
     return state
 
 
-def _read_back(client: Any, state: State, flow_name: str) -> FlowRun | None:
+def _read_back(client: Any, state: State, flow_name: str, started: dt.datetime) -> FlowRun | None:
     run_id = state.details.flow_run_id
     if run_id is not None:
         flow_run: FlowRun = client.read_flow_run(run_id)
         return flow_run
-    # The runtime did not stamp the id on the state: the newest run of this flow is ours
-    # (this process just created it).
-    runs: list[FlowRun] = client.read_flow_runs(flow=flow_name, limit=1)
-    return runs[0] if runs else None
+    # The state does not carry its run id: ours is the newest top-level run of this flow
+    # created since we started (subflow runs of the same flow have a parent).
+    runs: list[FlowRun] = client.read_flow_runs(flow=flow_name, limit=20)
+    for candidate in runs:
+        if candidate.parent_flow_run_id is None and output.aware(candidate.created) >= started:
+            return candidate
+    return None
 
 
 def _summary(flow_run: FlowRun | None, state: State) -> dict[str, Any]:
@@ -135,8 +148,10 @@ def _stored_result(flow_run: FlowRun | None, state: State) -> Any:
 def _print_run(client: Any, flow_run: FlowRun | None, state: State) -> None:
     console = output.console()
     if flow_run is None:  # nothing recorded: say what we know
-        console.print(f"Finished in state {output.state_text(state)}"
-                      + (f": {escape(state.message)}" if state.message else ""))
+        console.print(
+            f"Finished in state {output.state_text(state)}"
+            + (f": {escape(state.message)}" if state.message else "")
+        )
         return
     states: list[State] = client.read_flow_run_states(flow_run.id)
     logs: list[LogRecord] = client.read_logs(flow_run.id)
@@ -169,8 +184,10 @@ def print_timeline(states: list[State], logs: list[LogRecord]) -> None:
         style = output.LEVEL_STYLES.get(level, "")
         label = f"[{style}]{level:<8}[/] " if style else f"{level:<8} "
         task = f" [bright_black]({_short(record.task_run_id)})[/]" if record.task_run_id else ""
-        text = (f"  {output.local_time(record.timestamp, precise=True)}  {label}"
-                f"{escape(record.message)}{task}")
+        text = (
+            f"  {output.local_time(record.timestamp, precise=True)}  {label}"
+            f"{escape(record.message)}{task}"
+        )
         events.append((output.aware(record.timestamp), 1, text))
     for _, _, text in sorted(events, key=lambda e: (e[0], e[1])):
         console.print(text)

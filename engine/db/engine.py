@@ -23,7 +23,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 #: Execution option marking a connection whose transactions only read (plain BEGIN on SQLite).
 READ_ONLY_OPTION = "flowrelay_read_only"
@@ -108,6 +108,12 @@ async def migrate(engine: AsyncEngine) -> None:
     finds the schema at head and does nothing.
     """
     async with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+        await lock_for_migration(conn)
         await conn.run_sync(_upgrade)
+
+
+async def lock_for_migration(conn: AsyncConnection) -> None:
+    """Serialise migrations: a transaction-scoped advisory lock on PostgreSQL (on SQLite the
+    BEGIN IMMEDIATE of the transaction already holds the write lock)."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})

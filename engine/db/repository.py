@@ -9,21 +9,28 @@ import json
 import uuid
 from typing import Any
 
-from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
-from engine.db.models import EventRow, FlowRunRow, LogRow, TaskRunRow, _CurrentState, _StateHistory
+from engine.db.models import (
+    Base,
+    EventRow,
+    FlowRunRow,
+    LogRow,
+    TaskRunRow,
+    _CurrentState,
+    _StateHistory,
+)
 from engine.events import routing_key_for
 from engine.schemas import Event, FlowRun, LogRecord, TaskRun
 from engine.states import FINAL_TYPES, State, StateDetails, StateType, utcnow
 
 
-def insert_ignoring_conflicts(dialect: str, table: Table, index_elements: list[str]) -> Insert:
+def insert_ignoring_conflicts(dialect: str, model: type[Base], index_elements: list[str]) -> Insert:
     """``INSERT ... ON CONFLICT (index_elements) DO NOTHING`` for SQLite or PostgreSQL."""
     if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing(index_elements=index_elements)
-    return sqlite.insert(table).on_conflict_do_nothing(index_elements=index_elements)
+        return postgresql.insert(model).on_conflict_do_nothing(index_elements=index_elements)
+    return sqlite.insert(model).on_conflict_do_nothing(index_elements=index_elements)
 
 
 def details_json(details: StateDetails) -> dict[str, Any]:

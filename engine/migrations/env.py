@@ -38,11 +38,13 @@ def _url() -> str:
 
 
 async def _run_online(url: str) -> None:
-    from engine.db.engine import create_db_engine, migrate
+    from engine.db.engine import create_db_engine, lock_for_migration
 
     engine = create_db_engine(url)
     try:
-        await migrate(engine)
+        async with engine.begin() as conn:
+            await lock_for_migration(conn)
+            await conn.run_sync(_run_with)
     finally:
         await engine.dispose()
 

@@ -152,9 +152,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_flow_runs_created", "flow_runs", ["created"])
     op.create_index("ix_flow_runs_flow_name_created", "flow_runs", ["flow_name", "created"])
-    op.create_index(
-        "ix_flow_runs_deployment_id_created", "flow_runs", ["deployment_id", "created"]
-    )
+    op.create_index("ix_flow_runs_deployment_id_created", "flow_runs", ["deployment_id", "created"])
     op.create_index(
         "ix_flow_runs_deployment_name_created", "flow_runs", ["deployment_name", "created"]
     )

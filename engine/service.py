@@ -1,0 +1,557 @@
+"""The engine service: runs, states, logs and events over the database (`engine.ports.EngineAPI`).
+
+Every call is one database transaction. A state change, its history row and its outbox event are
+committed together, so nothing is published that was not committed and nothing committed is lost.
+
+Concurrency:
+- PostgreSQL: the run row is locked (``SELECT ... FOR UPDATE``) while a proposal is judged.
+- SQLite: write transactions begin with ``BEGIN IMMEDIATE`` (see `engine.db.engine`), which
+  serialises writers across processes; inside one process writers also queue on an
+  `asyncio.Lock`, so they wait their turn in order instead of sleeping in SQLite's busy handler.
+- Idempotency keys and caller-chosen task-run ids rely on UNIQUE constraints: the loser of a race
+  gets an IntegrityError, and re-reads the winner's row.
+
+    svc = await EngineService.open("sqlite+aiosqlite:///flowrelay.db")
+    run = await svc.create_flow_run("etl", {"day": "2026-11-22"})
+    result = await svc.set_flow_run_state(run.id, Running(worker_id="w1"))
+    await svc.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from engine.db import repository as repo
+from engine.db.engine import create_db_engine, is_sqlite, migrate, read_only
+from engine.db.models import (
+    Base,
+    DeploymentRow,
+    EventRow,
+    FlowRow,
+    FlowRunRow,
+    FlowRunStateRow,
+    LogRow,
+    TaskRunRow,
+    TaskRunStateRow,
+)
+from engine.errors import (
+    InvalidTransition,
+    ObjectNotFound,
+    ParameterValidationError,
+    ResultNotSerializable,
+    ResultTooLarge,
+)
+from engine.events import flow_run_event, task_run_event
+from engine.orchestration import Decision, Status, decide
+from engine.runtime.names import generate_name
+from engine.schemas import (
+    Event,
+    FlowRun,
+    FlowRunFilter,
+    LogRecord,
+    OrchestrationResult,
+    TaskRun,
+)
+from engine.states import Pending, State, utcnow
+
+
+class EngineService:
+    """`EngineAPI` over a SQLAlchemy async engine (SQLite or PostgreSQL)."""
+
+    def __init__(
+        self, url: str, *, result_max_bytes: int = 1_000_000, busy_timeout_ms: int = 5000
+    ) -> None:
+        self.url = url
+        self.result_max_bytes = result_max_bytes
+        self._busy_timeout_ms = busy_timeout_ms
+        self._engine: AsyncEngine | None = None
+        self._sessions: async_sessionmaker[AsyncSession] | None = None
+        self._read_sessions: async_sessionmaker[AsyncSession] | None = None
+        self._write_lock: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+
+    # --- life cycle -------------------------------------------------------------------------
+    @classmethod
+    async def open(
+        cls, url: str, *, result_max_bytes: int = 1_000_000, busy_timeout_ms: int = 5000
+    ) -> EngineService:
+        """Create, connect and migrate a service."""
+        service = cls(url, result_max_bytes=result_max_bytes, busy_timeout_ms=busy_timeout_ms)
+        await service.start()
+        return service
+
+    async def start(self) -> None:
+        """Create the database engine and bring the schema to the latest migration."""
+        if self._engine is not None:
+            return
+        engine = create_db_engine(self.url, busy_timeout_ms=self._busy_timeout_ms)
+        try:
+            await migrate(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
+        self._engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._read_sessions = async_sessionmaker(read_only(engine), expire_on_commit=False)
+        if is_sqlite(engine):
+            self._write_lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            self._sessions = self._read_sessions = None
+            await engine.dispose()
+
+    async def __aenter__(self) -> EngineService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("EngineService is not started: call `await service.start()`")
+        return self._engine
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncSession]:
+        """One write transaction, committed on exit (rolled back on an exception)."""
+        if self._sessions is None:
+            raise RuntimeError("EngineService is not started: call `await service.start()`")
+        async with self._write_lock, self._sessions() as session, session.begin():
+            yield session
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncSession]:
+        """One read-only snapshot transaction (never takes SQLite's write lock)."""
+        if self._read_sessions is None:
+            raise RuntimeError("EngineService is not started: call `await service.start()`")
+        async with self._read_sessions() as session:
+            yield session
+
+    # --- flow runs --------------------------------------------------------------------------
+    async def create_flow_run(
+        self,
+        flow_name: str,
+        parameters: dict[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        state: State | None = None,
+        tags: list[str] | None = None,
+        idempotency_key: str | None = None,
+        parent_task_run_id: uuid.UUID | None = None,
+        parent_flow_run_id: uuid.UUID | None = None,
+        deployment_id: uuid.UUID | None = None,
+        work_pool: str | None = None,
+        expected_start_time: dt.datetime | None = None,
+        caused_by: dict[str, Any] | None = None,
+    ) -> FlowRun:
+        """Create a flow run (Pending unless `state` is given); with an `idempotency_key` already
+        used, return that run unchanged."""
+        state = state or Pending()
+        _raise_if_aborted(decide(None, state), f"new run of flow {flow_name!r}")
+        _check_json(parameters or {}, ParameterValidationError, "flow run parameters")
+        self._check_result(state)
+        if idempotency_key is not None:
+            existing = await self._flow_run_by_key(idempotency_key)
+            if existing is not None:
+                return existing
+        try:
+            async with self._write() as session:
+                if idempotency_key is not None:
+                    row = await session.scalar(
+                        select(FlowRunRow).where(FlowRunRow.idempotency_key == idempotency_key)
+                    )
+                    if row is not None:
+                        return repo.flow_run(row)
+                flow_id = await self._ensure_flow(session, flow_name)
+                deployment = None
+                if deployment_id is not None:
+                    deployment = await session.get(DeploymentRow, deployment_id)
+                    if deployment is None:
+                        raise ObjectNotFound(f"deployment {deployment_id} not found")
+                now = utcnow()
+                row = FlowRunRow(
+                    id=uuid.uuid4(),
+                    name=name or generate_name(),
+                    flow_id=flow_id,
+                    flow_name=flow_name,
+                    deployment_id=deployment_id,
+                    deployment_name=f"{deployment.flow_name}/{deployment.name}"
+                    if deployment
+                    else None,
+                    deployment_version=deployment.version if deployment else None,
+                    work_pool=work_pool or (deployment.work_pool if deployment else None),
+                    parameters={
+                        **(deployment.parameters if deployment else {}),
+                        **(parameters or {}),
+                    },
+                    tags=list(
+                        tags if tags is not None else (deployment.tags if deployment else [])
+                    ),
+                    idempotency_key=idempotency_key,
+                    parent_task_run_id=parent_task_run_id,
+                    parent_flow_run_id=parent_flow_run_id,
+                    expected_start_time=expected_start_time
+                    or (state.details.scheduled_time if state.is_scheduled() else None),
+                    caused_by=caused_by,
+                    run_count=0,
+                    event_seq=0,
+                    created=now,
+                    updated=now,
+                )
+                dependents = self._enter_flow_run_state(row, state)
+                session.add(row)
+                await session.flush()  # surfaces a duplicate idempotency key here
+                session.add_all(dependents)
+                return repo.flow_run(row)
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            existing = await self._flow_run_by_key(idempotency_key)
+            if existing is None:
+                raise
+            return existing
+
+    async def set_flow_run_state(
+        self, flow_run_id: uuid.UUID, state: State, *, force: bool = False
+    ) -> OrchestrationResult:
+        """Propose `state` for the run; on ACCEPT it becomes the current state, with its history
+        row and outbox event, in one transaction."""
+        self._check_result(state)
+        async with self._write() as session:
+            row = await session.scalar(
+                select(FlowRunRow).where(FlowRunRow.id == flow_run_id).with_for_update()
+            )
+            if row is None:
+                raise ObjectNotFound(f"flow run {flow_run_id} not found")
+            decision = decide(repo.current_state(row), state, force=force)
+            if decision.write:
+                row.updated = utcnow()
+                session.add_all(self._enter_flow_run_state(row, state))
+            run = repo.flow_run(row)
+        return _result(decision, run)
+
+    async def read_flow_run(self, flow_run_id: uuid.UUID) -> FlowRun:
+        async with self._read() as session:
+            row = await session.get(FlowRunRow, flow_run_id)
+            if row is None:
+                raise ObjectNotFound(f"flow run {flow_run_id} not found")
+            return repo.flow_run(row)
+
+    async def read_flow_runs(self, flt: FlowRunFilter | None = None) -> list[FlowRun]:
+        """Runs matching `flt`, newest first."""
+        flt = flt or FlowRunFilter()
+        query = select(FlowRunRow)
+        if flt.ids is not None:
+            query = query.where(FlowRunRow.id.in_(flt.ids))
+        if flt.flow_name is not None:
+            query = query.where(FlowRunRow.flow_name == flt.flow_name)
+        if flt.deployment_name is not None:
+            query = query.where(FlowRunRow.deployment_name == flt.deployment_name)
+        if flt.state_names is not None:
+            query = query.where(FlowRunRow.state_name.in_(flt.state_names))
+        if flt.state_types is not None:
+            query = query.where(FlowRunRow.state_type.in_([t.value for t in flt.state_types]))
+        if flt.parent_flow_run_id is not None:
+            query = query.where(FlowRunRow.parent_flow_run_id == flt.parent_flow_run_id)
+        query = query.order_by(FlowRunRow.created.desc(), FlowRunRow.id.desc())
+        query = query.limit(flt.limit).offset(flt.offset)
+        async with self._read() as session:
+            return [repo.flow_run(row) for row in await session.scalars(query)]
+
+    async def read_children(self, flow_run_id: uuid.UUID) -> list[FlowRun]:
+        """Runs whose parent flow run is `flow_run_id`, oldest first."""
+        query = (
+            select(FlowRunRow)
+            .where(FlowRunRow.parent_flow_run_id == flow_run_id)
+            .order_by(FlowRunRow.created, FlowRunRow.id)
+        )
+        async with self._read() as session:
+            return [repo.flow_run(row) for row in await session.scalars(query)]
+
+    async def read_flow_run_states(self, flow_run_id: uuid.UUID) -> list[State]:
+        """The run's state history, oldest first."""
+        query = (
+            select(FlowRunStateRow)
+            .where(FlowRunStateRow.flow_run_id == flow_run_id)
+            .order_by(FlowRunStateRow.id)
+        )
+        async with self._read() as session:
+            return [repo.history_state(row) for row in await session.scalars(query)]
+
+    # --- task runs --------------------------------------------------------------------------
+    async def create_task_run(
+        self,
+        flow_run_id: uuid.UUID,
+        name: str,
+        task_key: str,
+        *,
+        dynamic_key: str = "0",
+        parameters: dict[str, Any] | None = None,
+        tags: list[str] | None = None,
+        state: State | None = None,
+        id: uuid.UUID | None = None,
+    ) -> TaskRun:
+        """Create a task run of `flow_run_id`; with an `id` that exists, return it unchanged.
+
+        Task parameters are informational (the values stay in the flow's process): values that
+        are not JSON are stored as their ``repr``.
+        """
+        state = state or Pending()
+        _raise_if_aborted(decide(None, state), f"new task run {name!r}")
+        self._check_result(state)
+        if id is not None:
+            existing = await self._task_run_by_id(id)
+            if existing is not None:
+                return existing
+        try:
+            async with self._write() as session:
+                if id is not None:
+                    found = await session.get(TaskRunRow, id)
+                    if found is not None:
+                        return repo.task_run(found)
+                flow_row = await session.get(FlowRunRow, flow_run_id)
+                if flow_row is None:
+                    raise ObjectNotFound(f"flow run {flow_run_id} not found")
+                now = utcnow()
+                row = TaskRunRow(
+                    id=id or uuid.uuid4(),
+                    flow_run_id=flow_run_id,
+                    name=name,
+                    task_key=task_key,
+                    dynamic_key=dynamic_key,
+                    parameters=json.loads(json.dumps(parameters or {}, default=repr)),
+                    tags=list(tags or []),
+                    run_count=0,
+                    event_seq=0,
+                    created=now,
+                    updated=now,
+                )
+                dependents = self._enter_task_run_state(row, state, flow_row)
+                session.add(row)
+                await session.flush()  # surfaces a duplicate id here
+                session.add_all(dependents)
+                return repo.task_run(row)
+        except IntegrityError:
+            if id is None:
+                raise
+            existing = await self._task_run_by_id(id)
+            if existing is None:
+                raise
+            return existing
+
+    async def set_task_run_state(
+        self, task_run_id: uuid.UUID, state: State, *, force: bool = False
+    ) -> OrchestrationResult:
+        self._check_result(state)
+        async with self._write() as session:
+            row = await session.scalar(
+                select(TaskRunRow).where(TaskRunRow.id == task_run_id).with_for_update()
+            )
+            if row is None:
+                raise ObjectNotFound(f"task run {task_run_id} not found")
+            decision = decide(repo.current_state(row), state, force=force)
+            if decision.write:
+                flow_row = await session.get(FlowRunRow, row.flow_run_id)
+                assert flow_row is not None  # guaranteed by the foreign key
+                row.updated = utcnow()
+                session.add_all(self._enter_task_run_state(row, state, flow_row))
+            task = repo.task_run(row)
+        return _result(decision, task)
+
+    async def read_task_runs(self, flow_run_id: uuid.UUID) -> list[TaskRun]:
+        query = (
+            select(TaskRunRow)
+            .where(TaskRunRow.flow_run_id == flow_run_id)
+            .order_by(TaskRunRow.created, TaskRunRow.id)
+        )
+        async with self._read() as session:
+            return [repo.task_run(row) for row in await session.scalars(query)]
+
+    async def read_task_run_states(self, task_run_id: uuid.UUID) -> list[State]:
+        query = (
+            select(TaskRunStateRow)
+            .where(TaskRunStateRow.task_run_id == task_run_id)
+            .order_by(TaskRunStateRow.id)
+        )
+        async with self._read() as session:
+            return [repo.history_state(row) for row in await session.scalars(query)]
+
+    # --- logs and events --------------------------------------------------------------------
+    async def write_logs(self, logs: list[LogRecord]) -> None:
+        if not logs:
+            return
+        async with self._write() as session:
+            await session.execute(insert(LogRow), [repo.log_row(rec) for rec in logs])
+
+    async def read_logs(self, flow_run_id: uuid.UUID, limit: int = 1000) -> list[LogRecord]:
+        """The run's logs (its tasks' included), oldest first."""
+        query = (
+            select(LogRow)
+            .where(LogRow.flow_run_id == flow_run_id)
+            .order_by(LogRow.timestamp)
+            .limit(limit)
+        )
+        async with self._read() as session:
+            return [repo.log_record(row) for row in await session.scalars(query)]
+
+    async def emit_event(self, event: Event) -> None:
+        """Put a custom event in the outbox. Emitting the same event id twice stores it once."""
+        async with self._write() as session:
+            stmt = repo.insert_ignoring_conflicts(self.engine.dialect.name, EventRow, ["id"])
+            await session.execute(stmt.values(**repo.event_values(event)))
+
+    async def read_events(self, resource_id: str | None = None, limit: int = 200) -> list[Event]:
+        """Events from the outbox, oldest first (optionally only those of one resource, such as
+        ``flow-run/<uuid>``)."""
+        query = select(EventRow).order_by(EventRow.position).limit(limit)
+        if resource_id is not None:
+            query = query.where(EventRow.resource_id == resource_id)
+        async with self._read() as session:
+            return [repo.event(row) for row in await session.scalars(query)]
+
+    async def unsent_events(self, limit: int = 100) -> list[tuple[Event, str]]:
+        """Committed events not yet marked sent, in outbox order, with their routing keys."""
+        query = (
+            select(EventRow)
+            .where(EventRow.sent_at.is_(None))
+            .order_by(EventRow.position)
+            .limit(limit)
+        )
+        async with self._read() as session:
+            return [(repo.event(row), row.routing_key) for row in await session.scalars(query)]
+
+    async def mark_sent(self, event_ids: Sequence[uuid.UUID]) -> None:
+        """Record that the broker confirmed these events."""
+        if not event_ids:
+            return
+        async with self._write() as session:
+            await session.execute(
+                update(EventRow)
+                .where(EventRow.id.in_(list(event_ids)), EventRow.sent_at.is_(None))
+                .values(sent_at=utcnow())
+            )
+
+    # --- internals --------------------------------------------------------------------------
+    async def _flow_run_by_key(self, key: str) -> FlowRun | None:
+        async with self._read() as session:
+            row = await session.scalar(select(FlowRunRow).where(FlowRunRow.idempotency_key == key))
+            return repo.flow_run(row) if row is not None else None
+
+    async def _task_run_by_id(self, task_run_id: uuid.UUID) -> TaskRun | None:
+        async with self._read() as session:
+            row = await session.get(TaskRunRow, task_run_id)
+            return repo.task_run(row) if row is not None else None
+
+    async def _ensure_flow(self, session: AsyncSession, flow_name: str) -> uuid.UUID:
+        """The id of flow `flow_name`, created if new (race-safe: ON CONFLICT DO NOTHING)."""
+        stmt = repo.insert_ignoring_conflicts(self.engine.dialect.name, FlowRow, ["name"])
+        await session.execute(stmt.values(id=uuid.uuid4(), name=flow_name, created=utcnow()))
+        flow_id = await session.scalar(select(FlowRow.id).where(FlowRow.name == flow_name))
+        assert flow_id is not None
+        return flow_id
+
+    def _enter_flow_run_state(self, row: FlowRunRow, state: State) -> list[Base]:
+        """Make `state` current on `row`; returns the history and outbox rows to insert (after
+        `row` itself, which they reference)."""
+        stored = _stored_state(state, flow_run_id=row.id)
+        repo.enter_state(row, stored)
+        event = flow_run_event(
+            repo.flow_run(row), stored, seq=row.event_seq + 1, follows=row.last_event_id
+        )
+        return [_history_row(FlowRunStateRow, stored, flow_run_id=row.id), _event_row(row, event)]
+
+    def _enter_task_run_state(
+        self, row: TaskRunRow, state: State, flow_row: FlowRunRow
+    ) -> list[Base]:
+        stored = _stored_state(state, flow_run_id=row.flow_run_id, task_run_id=row.id)
+        repo.enter_state(row, stored)
+        if stored.details.child_flow_run_id is not None:
+            row.child_flow_run_id = stored.details.child_flow_run_id
+        event = task_run_event(
+            repo.task_run(row),
+            stored,
+            flow_name=flow_row.flow_name,
+            flow_run_name=flow_row.name,
+            seq=row.event_seq + 1,
+            follows=row.last_event_id,
+        )
+        return [_history_row(TaskRunStateRow, stored, task_run_id=row.id), _event_row(row, event)]
+
+    def _check_result(self, state: State) -> None:
+        if state.data is None:
+            return
+        size = _check_json(state.data, ResultNotSerializable, f"{state.name} state data")
+        if size > self.result_max_bytes:
+            raise ResultTooLarge(
+                f"result of {size} bytes is over the limit of {self.result_max_bytes} bytes "
+                "(raise results.max_bytes, or return a reference such as a file path)"
+            )
+
+
+def _check_json(value: Any, error: type[Exception], what: str) -> int:
+    """Size in bytes of `value` as JSON; `error` if it is not JSON-serialisable."""
+    try:
+        return len(json.dumps(value).encode())
+    except (TypeError, ValueError) as exc:
+        raise error(f"{what} must be JSON-serialisable: {exc}") from exc
+
+
+def _stored_state(state: State, **links: uuid.UUID) -> State:
+    """A copy of `state` as stored: details linked to its run."""
+    details = state.details.model_copy(update=links)
+    return State(
+        type=state.type,
+        name=state.name,
+        message=state.message,
+        timestamp=state.timestamp,
+        details=details,
+        data=state.data,
+    )
+
+
+def _event_row(row: FlowRunRow | TaskRunRow, event: Event) -> EventRow:
+    """The outbox row for `event`, chained after the run's previous event."""
+    row.event_seq += 1
+    row.last_event_id = event.id
+    return EventRow(**repo.event_values(event))
+
+
+def _history_row(
+    cls: type[FlowRunStateRow] | type[TaskRunStateRow], state: State, **link: uuid.UUID
+) -> FlowRunStateRow | TaskRunStateRow:
+    return cls(
+        type=state.type.value,
+        name=state.name,
+        message=state.message,
+        timestamp=state.timestamp,
+        details=repo.details_json(state.details),
+        data=state.data,
+        **link,
+    )
+
+
+def _raise_if_aborted(decision: Decision, what: str) -> None:
+    if decision.status is Status.ABORT:
+        raise InvalidTransition(f"{what}: {decision.reason}")
+
+
+def _result(decision: Decision, run: FlowRun | TaskRun) -> OrchestrationResult:
+    return OrchestrationResult(
+        status=decision.status.value, state=run.state, reason=decision.reason, run=run
+    )
+
+
+__all__ = ["EngineService"]
