@@ -4,6 +4,12 @@
     from engine.states import Completed, Failed
 """
 
+from engine.runtime.deployments import (
+    create_flow_run,
+    emit_event,
+    run_deployment,
+    wait_for_flow_run,
+)
 from engine.runtime.flows import Flow, flow
 from engine.runtime.futures import TaskFuture
 from engine.runtime.logger import get_run_logger
@@ -15,8 +21,12 @@ __all__ = [
     "State",
     "Task",
     "TaskFuture",
+    "create_flow_run",
+    "emit_event",
     "flow",
     "get_run_logger",
+    "run_deployment",
     "task",
     "unmapped",
+    "wait_for_flow_run",
 ]

@@ -7,10 +7,11 @@ mode) and over RabbitMQ (distributed mode).
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from engine.states import State, StateType, utcnow
 
@@ -111,3 +112,149 @@ class OrchestrationResult(BaseModel):
     @property
     def accepted(self) -> bool:
         return self.status == "ACCEPT"
+
+
+# --- deployments --------------------------------------------------------------------------------
+#: Pool names are broker queue names (`engine.broker.topology`): letters, digits, '-', '_', dots.
+POOL_NAME_PATTERN = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$"
+
+
+_INTERVAL_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])", re.IGNORECASE)
+_INTERVAL_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_interval(value: str | float) -> float:
+    """Seconds in an interval: a number of seconds, or ``90s``, ``15m``, ``2h``, ``1d``, ``1h30m``."""
+    if isinstance(value, bool):
+        raise ValueError(f"interval {value!r}: expected seconds or a duration such as '2h'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip().replace(" ", "")
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _INTERVAL_PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts).lower() != text.lower():
+                raise ValueError(
+                    f"interval {value!r}: expected seconds or a duration such as "
+                    "'90s', '15m', '2h', '1d' or '1h30m'"
+                ) from None
+            seconds = sum(float(n) * _INTERVAL_UNITS[u.lower()] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"interval {value!r}: must be more than 0 seconds")
+    return seconds
+
+
+def normalise_schedule(item: Any, where: str = "schedule") -> dict[str, Any]:
+    """A schedule as stored: exactly one of ``cron`` (checked by croniter) or ``interval``
+    (seconds), a ``timezone`` (IANA name, default UTC), ``active`` (default true) and, for
+    intervals, an optional ``anchor_date``. `ValueError` naming `where` on anything else."""
+    import zoneinfo
+
+    if not isinstance(item, dict):
+        raise ValueError(f"{where}: expected a mapping such as {{cron: '0 2 * * *'}}")
+    unknown = set(item) - {"cron", "interval", "timezone", "active", "anchor_date"}
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown key {sorted(unknown)[0]!r} "
+            "(expected cron or interval, timezone, active, anchor_date)"
+        )
+    if ("cron" in item) == ("interval" in item):
+        raise ValueError(f"{where}: give exactly one of 'cron' or 'interval'")
+    timezone = str(item.get("timezone") or "UTC")
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"{where}: timezone {timezone!r} is not a known time zone (such as 'Europe/Paris')"
+        ) from None
+    result: dict[str, Any] = {}
+    if "cron" in item:
+        from croniter import croniter
+
+        cron = str(item["cron"]).strip()
+        if not croniter.is_valid(cron):
+            raise ValueError(f"{where}: cron {cron!r} is not a valid cron expression")
+        if "anchor_date" in item:
+            raise ValueError(f"{where}: anchor_date only applies to an interval")
+        result["cron"] = cron
+    else:
+        try:
+            result["interval"] = parse_interval(item["interval"])
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        if item.get("anchor_date") is not None:
+            anchor = item["anchor_date"]
+            try:
+                moment = (
+                    anchor
+                    if isinstance(anchor, dt.datetime)
+                    else dt.datetime.fromisoformat(str(anchor))
+                )
+            except ValueError:
+                raise ValueError(f"{where}: anchor_date {anchor!r} is not an ISO date-time") from None
+            result["anchor_date"] = moment.isoformat()
+    result["timezone"] = timezone
+    result["active"] = bool(item.get("active", True))
+    return result
+
+
+class DeploymentSpec(BaseModel):
+    """What `flowrelay deploy` (or a ``deployments:`` list in YAML) registers.
+
+    `schedules` items are normalised by `normalise_schedule` into
+    ``{"cron": "0 2 * * *", "timezone": "UTC", "active": true}`` or
+    ``{"interval": 7200.0, "timezone": "UTC", "active": true}`` (+ ``anchor_date`` if given).
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=255)
+    #: Filled by the CLI from the entrypoint (``load_flow(entrypoint).name``).
+    flow_name: str = Field(min_length=1, max_length=255)
+    entrypoint: str = Field(min_length=1, max_length=1024)
+    work_pool: str = Field(
+        "default",
+        validation_alias=AliasChoices("work_pool", "pool"),
+        pattern=POOL_NAME_PATTERN,
+        max_length=255,
+    )
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    description: str | None = None
+    concurrency_limit: int | None = Field(None, ge=1)
+    schedules: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("name", "flow_name")
+    @classmethod
+    def _no_slash(cls, value: str) -> str:
+        value = value.strip()
+        if "/" in value or not value:
+            raise ValueError(
+                f"{value!r}: names cannot be empty or contain '/' "
+                "(a deployment is addressed as FLOW/DEPLOYMENT)"
+            )
+        return value
+
+    @field_validator("schedules")
+    @classmethod
+    def _normalise_schedules(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [normalise_schedule(item, f"schedules[{i}]") for i, item in enumerate(value)]
+
+    @property
+    def full_name(self) -> str:
+        """``FLOW/DEPLOYMENT``: how users address the deployment."""
+        return f"{self.flow_name}/{self.name}"
+
+
+class Deployment(DeploymentSpec):
+    """A registered deployment: its latest spec, version and pause flag."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    id: uuid.UUID
+    version: int
+    paused: bool = False
+    created: dt.datetime
+    updated: dt.datetime

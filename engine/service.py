@@ -24,7 +24,7 @@ import contextlib
 import datetime as dt
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -78,6 +78,7 @@ class EngineService:
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._read_sessions: async_sessionmaker[AsyncSession] | None = None
         self._write_lock: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+        self._commit_listeners: list[Callable[[], None]] = []
 
     # --- life cycle -------------------------------------------------------------------------
     @classmethod
@@ -131,6 +132,12 @@ class EngineService:
             raise RuntimeError("EngineService is not started: call `await service.start()`")
         async with self._write_lock, self._sessions() as session, session.begin():
             yield session
+        for listener in self._commit_listeners:
+            listener()
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after every committed write (the outbox relay wakes on it)."""
+        self._commit_listeners.append(listener)
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncSession]:

@@ -43,7 +43,28 @@ def build_app() -> typer.Typer:
     run_cmd.register(app)
     app.add_typer(config_cmd.app, name="config")
     app.add_typer(flow_runs.app, name="flow-run")
+    _register_optional(app)
     return app
+
+
+def _register_optional(app: typer.Typer) -> None:
+    """Command groups of the distributed mode: server, dev, events, deployments, workers."""
+    from engine.cli import events_cmd, server_cmd
+
+    server_cmd.register(app)
+    app.add_typer(events_cmd.app, name="events")
+    try:
+        from engine.cli import deploy_cmd
+    except ImportError:  # pragma: no cover - during development only
+        deploy_cmd = None  # type: ignore[assignment]
+    if deploy_cmd is not None:
+        deploy_cmd.register(app)
+    try:
+        from engine.cli import worker_cmd
+    except ImportError:  # pragma: no cover
+        worker_cmd = None  # type: ignore[assignment]
+    if worker_cmd is not None:
+        worker_cmd.register(app)
 
 
 def run_cli(argv: Sequence[str] | None = None) -> int:

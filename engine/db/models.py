@@ -1,8 +1,8 @@
 """Database tables (SQLAlchemy 2 declarative, portable between SQLite and PostgreSQL).
 
 Portable types only: `Uuid` (native on PostgreSQL, CHAR(32) on SQLite), `JSON`, and `UTCDateTime`
-(timezone-aware in Python, stored as UTC on both databases). The Alembic migration
-``engine/migrations/versions/0001_initial.py`` creates exactly these tables; a test compares them.
+(timezone-aware in Python, stored as UTC on both databases). The Alembic migrations
+(``engine/migrations/versions/``) create exactly these tables; a test compares them.
 """
 
 from __future__ import annotations
@@ -176,6 +176,9 @@ class FlowRunRow(_CurrentState, Base):
     parent_flow_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     expected_start_time: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     caused_by: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    #: When a deployment run was handed to its pool (its dispatch event written); NULL while it
+    #: waits for its start time, a concurrency slot or a retry (migration 0002).
+    dispatched_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

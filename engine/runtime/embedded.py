@@ -22,6 +22,10 @@ _engine_loop: LoopThread | None = None
 _user_loop: LoopThread | None = None
 _api: EngineAPI | None = None
 _api_factory: Callable[[], Awaitable[EngineAPI]] | None = None
+_server: Any = None
+_broker: Any = None
+_inline_workers: list[Any] = []
+_waiter: Any = None
 
 
 def engine_loop() -> LoopThread:
@@ -52,13 +56,70 @@ def set_api_factory(factory: Callable[[], Awaitable[EngineAPI]] | None) -> None:
 
 
 async def _default_api() -> EngineAPI:
-    from engine.service import EngineService
+    """Embedded mode (`memory://`): the whole server in process, with an in-process worker per
+    pool. Otherwise: a client of `flowrelay server` over the broker."""
+    global _server, _broker
     from engine.settings import get_settings
 
     settings = get_settings()
-    service = EngineService(settings.database.url, result_max_bytes=settings.results.max_bytes)
-    await service.start()
-    return service
+    if settings.broker.url.startswith("memory://"):
+        from engine.server.app import Server
+
+        server = Server(settings, serve_rpc=False, on_new_pool=_start_inline_worker)
+        await server.start()
+        _server, _broker = server, server.broker
+        return server.service
+    from engine.broker import from_url
+    from engine.remote import RemoteEngine
+
+    broker = from_url(settings.broker.url, connection_name="flowrelay-client")
+    await broker.connect()
+    remote = RemoteEngine(broker, timeout=settings.broker.rpc_timeout_seconds)
+    await remote.start()
+    _broker = broker
+    return remote  # type: ignore[return-value]
+
+
+async def _start_inline_worker(pool: str) -> None:
+    """Embedded mode: runs of pool `pool` execute in this process."""
+    assert _server is not None
+    from engine.settings import get_settings
+    from workers.worker import Worker
+
+    settings = get_settings()
+    worker = Worker(
+        _server.broker, _server.service, pool=pool, concurrency=settings.worker.concurrency,
+        mode="inline", heartbeat_interval=settings.worker.heartbeat_interval_seconds,
+        drain_timeout=10.0,
+    )
+    await worker.start()
+    _inline_workers.append(worker)
+
+
+def broker() -> Any:
+    """The broker this process talks through (the embedded server's, or the client's)."""
+    if _broker is None:
+        raise RuntimeError("the engine is not connected yet")
+    return _broker
+
+
+async def _close_api() -> None:
+    global _server, _broker, _api
+    for worker in reversed(_inline_workers):
+        try:
+            await worker.stop()
+        except Exception:  # noqa: BLE001 - closing must go on
+            pass
+    _inline_workers.clear()
+    if _waiter is not None:
+        await _waiter.close()
+    if _server is not None:
+        await _server.stop()
+    elif _api is not None:
+        await _api.close()
+        if _broker is not None:
+            await _broker.close()
+    _server = _broker = _api = None
 
 
 async def _get_api() -> EngineAPI:
@@ -95,21 +156,21 @@ def call_sync(fn: Callable[[EngineAPI], Coroutine[Any, Any, T]], timeout: float 
 
 def reset() -> None:
     """Close the API and stop the loops (at exit, and between tests)."""
-    global _engine_loop, _user_loop, _api, _api_factory
+    global _engine_loop, _user_loop, _api, _api_factory, _server, _broker, _waiter
     with _lock:
         if _engine_loop is not None:
-            api = _api
-            if api is not None:
-                try:
-                    _engine_loop.run(api.close(), timeout=10)
-                except Exception:  # noqa: BLE001 - closing at exit must not raise
-                    pass
+            try:
+                _engine_loop.run(_close_api(), timeout=30)
+            except Exception:  # noqa: BLE001 - closing at exit must not raise
+                pass
             _engine_loop.stop()
         if _user_loop is not None:
             _user_loop.stop()
         _engine_loop = _user_loop = None
         _api = None
         _api_factory = None
+        _server = _broker = _waiter = None
+        _inline_workers.clear()
         try:
             from engine.settings import reset_settings
 
@@ -119,3 +180,14 @@ def reset() -> None:
 
 
 atexit.register(reset)
+
+
+async def waiter() -> Any:
+    """The process's `RunWaiter` (call on the engine loop, after the API is connected)."""
+    global _waiter
+    await _get_api()
+    if _waiter is None:
+        from engine.runtime.waiting import RunWaiter
+
+        _waiter = RunWaiter(broker())
+    return _waiter

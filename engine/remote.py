@@ -1,0 +1,102 @@
+"""`RemoteEngine`: the `EngineAPI` over the broker's JSON RPC, for workers, the CLI and flows
+in distributed mode. Errors come back as the same exception types the service raised."""
+
+from __future__ import annotations
+
+import functools
+import typing
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pydantic
+from pydantic_core import to_jsonable_python
+
+import engine.errors as engine_errors
+from engine.broker import Broker
+from engine.broker import errors as broker_errors
+from engine.broker.rpc import RpcClient
+from engine.broker.topology import Names
+from engine.server.commands import SERVICE_COMMANDS
+
+
+class RemoteError(engine_errors.FlowrelayError):
+    """An error the server reported that has no local exception type."""
+
+
+def _exception_for(error: broker_errors.RpcError) -> Exception:
+    for module in (engine_errors, broker_errors):
+        cls = getattr(module, error.type, None)
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            try:
+                return cls(error.message)
+            except TypeError:
+                break
+    return RemoteError(f"{error.type}: {error.message}")
+
+
+@functools.cache
+def _return_adapter(name: str) -> pydantic.TypeAdapter[Any] | None:
+    from engine.service import EngineService
+
+    method = getattr(EngineService, name, None)
+    if method is None:
+        return None
+    import engine.service as service_module
+
+    hints = typing.get_type_hints(method, vars(service_module))
+    ret = hints.get("return")
+    if ret is None or ret is type(None):
+        return None
+    return pydantic.TypeAdapter(ret)
+
+
+class RemoteEngine:
+    """Calls the engine service of `flowrelay server` through the broker."""
+
+    def __init__(self, broker: Broker, *, timeout: float = 10.0, names: Names | None = None) -> None:
+        self.broker = broker
+        self.names = names or Names()
+        self.timeout = timeout
+        self._rpc = RpcClient(broker, self.names.commands, timeout=timeout)
+        self._started = False
+
+    async def start(self) -> None:
+        if not self._started:
+            await self._rpc.start()
+            self._started = True
+
+    async def close(self) -> None:
+        if self._started:
+            self._started = False
+            await self._rpc.close()
+
+    async def call(self, method: str, **params: Any) -> Any:
+        await self.start()
+        try:
+            reply = await self._rpc.call(method, to_jsonable_python(params), timeout=self.timeout)
+        except broker_errors.RpcError as exc:
+            raise _exception_for(exc) from None
+        value = reply.get("value")
+        adapter = _return_adapter(method)
+        return adapter.validate_python(value) if adapter is not None and value is not None else value
+
+    async def heartbeat(self, worker_id: str, pool: str, flow_run_ids: list[Any]) -> None:
+        await self.call("heartbeat", worker_id=worker_id, pool=pool, flow_run_ids=flow_run_ids)
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        if name not in SERVICE_COMMANDS:
+            raise AttributeError(name)
+
+        async def method(*args: Any, **kwargs: Any) -> Any:
+            if args:
+                from engine.service import EngineService
+
+                import inspect
+
+                sig = inspect.signature(getattr(EngineService, name))
+                bound = sig.bind_partial(None, *args, **kwargs)
+                kwargs = {k: v for k, v in bound.arguments.items() if k != "self"}
+            return await self.call(name, **kwargs)
+
+        method.__name__ = name
+        return method

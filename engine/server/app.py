@@ -1,0 +1,164 @@
+"""The server: engine service + command RPC + outbox relay + dispatch timer + heartbeat monitor.
+
+`flowrelay server` runs it against the configured database and broker. The embedded mode
+(`broker.url: memory://`) runs the same object in process, without the RPC (calls go straight to
+the service), with an in-process worker per pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from engine.broker import Broker, from_url
+from engine.broker.rpc import RpcServer
+from engine.broker.topology import Binding, Names, QueueSpec, Topology, build_topology
+from engine.schemas import Event
+from engine.server.commands import CommandTable
+from engine.server.heartbeats import HeartbeatMonitor
+from engine.server.relay import DISPATCH_PREFIX, OutboxRelay
+from engine.server.timers import DispatchTimer
+from engine.service import EngineService
+from engine.settings import Settings
+from engine.states import utcnow
+
+log = structlog.get_logger("flowrelay.server")
+
+
+class Server:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        broker: Broker | None = None,
+        serve_rpc: bool = True,
+        prefix: str = "flowrelay",
+        on_new_pool: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.names = Names(prefix)
+        self.serve_rpc = serve_rpc
+        self.on_new_pool = on_new_pool
+        self.service = EngineService(
+            settings.database.url,
+            result_max_bytes=settings.results.max_bytes,
+            busy_timeout_ms=settings.database.busy_timeout_ms,
+        )
+        self._own_broker = broker is None
+        self.broker: Broker = broker or from_url(settings.broker.url, connection_name="flowrelay-server")
+        self.pools: set[str] = set()
+        self.timer = DispatchTimer(self.service)
+        self.heartbeats = HeartbeatMonitor(
+            self.service, timeout=settings.server.heartbeat_timeout_seconds
+        )
+        self.relay = OutboxRelay(
+            self.service, self.broker, self.names, ensure_pool=self.ensure_pool,
+            on_published=self._on_published,
+            publish_timeout=settings.broker.publish_timeout_seconds,
+        )
+        self.commands = CommandTable()
+        self.commands.add_service(self.service)
+        self.commands.add("heartbeat", self.heartbeats.beat)
+        self.rpc: RpcServer | None = None
+        self._started = False
+
+    async def start(self) -> None:
+        await self.service.start()
+        if self._own_broker:
+            await self.broker.connect()
+        await self.broker.declare_topology(
+            build_topology(delivery_limit=self.settings.broker.delivery_limit, prefix=self.names.prefix)
+        )
+        if self.settings.deployments:
+            from engine.deployments import register_configured
+
+            await register_configured(self.service, self.settings)
+        read_deployments = getattr(self.service, "read_deployments", None)
+        for deployment in await read_deployments() if read_deployments else []:
+            if deployment.work_pool:
+                await self.ensure_pool(deployment.work_pool)
+        await self.relay.start()
+        if hasattr(self.service, "due_runs"):
+            await self.timer.start()
+        await self.heartbeats.start()
+        if self.serve_rpc:
+            self.rpc = RpcServer(
+                self.broker, self.names.commands, self.commands,
+                prefetch=max(16, self.settings.broker.prefetch * 4),
+            )
+            await self.rpc.start()
+        self._started = True
+        log.info("server started", database=_mask(self.settings.database.url),
+                 broker=_mask(self.settings.broker.url), pools=sorted(self.pools))
+
+    async def stop(self) -> None:
+        if self.rpc is not None:
+            await self.rpc.stop()
+            self.rpc = None
+        await self.heartbeats.stop()
+        await self.timer.stop()
+        await self.relay.stop()
+        if self._own_broker:
+            await self.broker.close()
+        await self.service.close()
+        self._started = False
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def ensure_pool(self, pool: str) -> None:
+        """Declare pool `pool`'s work queue, bound to its dispatch routing key."""
+        queue = self.names.pool(pool)
+        spec = QueueSpec(
+            queue, quorum=True, delivery_limit=self.settings.broker.delivery_limit,
+            dead_letter_exchange=self.names.dlx,
+        )
+        await self.broker.declare_topology(
+            Topology(queues=(spec,), bindings=(Binding(queue, self.names.events, f"{DISPATCH_PREFIX}{pool}"),))
+        )
+        if pool not in self.pools:
+            self.pools.add(pool)
+            if self.on_new_pool is not None:
+                await self.on_new_pool(pool)
+
+    def _on_published(self, event: Event, routing_key: str) -> None:
+        """Feed the dispatch timer with deployment runs that start in the future."""
+        if not event.event.startswith("flow-run.") or not event.resource.get("deployment"):
+            return
+        if event.payload.get("type") != "SCHEDULED":
+            return
+        when = event.payload.get("scheduled_time")
+        if not when:
+            return
+        try:
+            at = dt.datetime.fromisoformat(str(when).replace("Z", "+00:00"))
+        except ValueError:
+            return
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=dt.UTC)
+        if at > utcnow():
+            run_id = str(event.resource.get("id", "")).removeprefix("flow-run/")
+            self.timer.schedule(run_id, at)
+
+    async def serve_forever(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+
+def _mask(url: str) -> str:
+    from engine.settings import mask_url_passwords
+
+    return mask_url_passwords(url)
+
+
