@@ -16,6 +16,8 @@ import uuid
 from typing import Any, Protocol
 
 from engine.schemas import (
+    Deployment,
+    DeploymentSpec,
     Event,
     FlowRun,
     FlowRunFilter,
@@ -85,5 +87,45 @@ class EngineAPI(Protocol):
     async def read_logs(self, flow_run_id: uuid.UUID, limit: int = 1000) -> list[LogRecord]: ...
 
     async def read_events(self, resource_id: str | None = None, limit: int = 200) -> list[Event]: ...
+
+    # --- deployments ------------------------------------------------------------------------
+    async def register_deployment(self, spec: DeploymentSpec) -> Deployment:
+        """Create the deployment, or update it and bump its version by one."""
+        ...
+
+    async def register_deployments(self, specs: list[DeploymentSpec]) -> list[Deployment]:
+        """Register several deployments in one transaction: all or none."""
+        ...
+
+    async def read_deployment(self, name: str) -> Deployment:
+        """The deployment ``FLOW/DEPLOYMENT`` (`ObjectNotFound` with a did-you-mean)."""
+        ...
+
+    async def read_deployments(self) -> list[Deployment]: ...
+
+    async def set_deployment_paused(self, name: str, paused: bool) -> Deployment: ...
+
+    async def create_deployment_run(
+        self,
+        name: str,
+        parameters: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        scheduled_time: dt.datetime | None = None,
+        flow_run_name: str | None = None,
+        tags: list[str] | None = None,
+        parent_task_run_id: uuid.UUID | None = None,
+        parent_flow_run_id: uuid.UUID | None = None,
+        caused_by: dict[str, Any] | None = None,
+    ) -> FlowRun:
+        """A run of the latest version of the deployment, dispatched to its pool when due."""
+        ...
+
+    # Server-side (the scheduler's timer and the heartbeat monitor), not for flow code.
+    async def dispatch_run(self, flow_run_id: uuid.UUID) -> bool: ...
+
+    async def due_runs(self) -> list[tuple[uuid.UUID, dt.datetime]]: ...
+
+    async def runs_held_by(self, worker_id: str) -> list[FlowRun]: ...
 
     async def close(self) -> None: ...

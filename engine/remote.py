@@ -89,9 +89,9 @@ class RemoteEngine:
 
         async def method(*args: Any, **kwargs: Any) -> Any:
             if args:
-                from engine.service import EngineService
-
                 import inspect
+
+                from engine.service import EngineService
 
                 sig = inspect.signature(getattr(EngineService, name))
                 bound = sig.bind_partial(None, *args, **kwargs)

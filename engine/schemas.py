@@ -171,7 +171,7 @@ def normalise_schedule(item: Any, where: str = "schedule") -> dict[str, Any]:
         ) from None
     result: dict[str, Any] = {}
     if "cron" in item:
-        from croniter import croniter
+        from croniter import croniter  # type: ignore[import-untyped]
 
         cron = str(item["cron"]).strip()
         if not croniter.is_valid(cron):
@@ -193,33 +193,26 @@ def normalise_schedule(item: Any, where: str = "schedule") -> dict[str, Any]:
                     else dt.datetime.fromisoformat(str(anchor))
                 )
             except ValueError:
-                raise ValueError(f"{where}: anchor_date {anchor!r} is not an ISO date-time") from None
+                raise ValueError(
+                    f"{where}: anchor_date {anchor!r} is not an ISO date-time"
+                ) from None
             result["anchor_date"] = moment.isoformat()
     result["timezone"] = timezone
     result["active"] = bool(item.get("active", True))
     return result
 
 
-class DeploymentSpec(BaseModel):
-    """What `flowrelay deploy` (or a ``deployments:`` list in YAML) registers.
+class _DeploymentFields(BaseModel):
+    """Fields shared by `DeploymentSpec` (what is registered) and `Deployment` (what is stored).
 
     `schedules` items are normalised by `normalise_schedule` into
     ``{"cron": "0 2 * * *", "timezone": "UTC", "active": true}`` or
     ``{"interval": 7200.0, "timezone": "UTC", "active": true}`` (+ ``anchor_date`` if given).
     """
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
     name: str = Field(min_length=1, max_length=255)
     #: Filled by the CLI from the entrypoint (``load_flow(entrypoint).name``).
     flow_name: str = Field(min_length=1, max_length=255)
-    entrypoint: str = Field(min_length=1, max_length=1024)
-    work_pool: str = Field(
-        "default",
-        validation_alias=AliasChoices("work_pool", "pool"),
-        pattern=POOL_NAME_PATTERN,
-        max_length=255,
-    )
     parameters: dict[str, Any] = Field(default_factory=dict)
     tags: list[str] = Field(default_factory=list)
     description: str | None = None
@@ -232,7 +225,7 @@ class DeploymentSpec(BaseModel):
         value = value.strip()
         if "/" in value or not value:
             raise ValueError(
-                f"{value!r}: names cannot be empty or contain '/' "
+                f"{value!r}: a name cannot be empty or contain '/' "
                 "(a deployment is addressed as FLOW/DEPLOYMENT)"
             )
         return value
@@ -248,12 +241,30 @@ class DeploymentSpec(BaseModel):
         return f"{self.flow_name}/{self.name}"
 
 
-class Deployment(DeploymentSpec):
-    """A registered deployment: its latest spec, version and pause flag."""
+class DeploymentSpec(_DeploymentFields):
+    """What `flowrelay deploy` (or a ``deployments:`` list in YAML) registers. ``pool`` is
+    accepted for ``work_pool``."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    entrypoint: str = Field(min_length=1, max_length=1024)
+    work_pool: str = Field(
+        "default",
+        validation_alias=AliasChoices("work_pool", "pool"),
+        pattern=POOL_NAME_PATTERN,
+        max_length=255,
+    )
+
+
+class Deployment(_DeploymentFields):
+    """A registered deployment: its latest spec, its version (1, 2, ... one per registration)
+    and its pause flag (a paused deployment's schedules create no runs)."""
+
+    model_config = ConfigDict(extra="ignore")
 
     id: uuid.UUID
+    entrypoint: str | None = None
+    work_pool: str | None = None
     version: int
     paused: bool = False
     created: dt.datetime

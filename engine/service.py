@@ -31,11 +31,11 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from engine import deployments
 from engine.db import repository as repo
 from engine.db.engine import create_db_engine, is_sqlite, migrate, read_only
 from engine.db.models import (
     Base,
-    DeploymentRow,
     EventRow,
     FlowRow,
     FlowRunRow,
@@ -55,6 +55,8 @@ from engine.events import flow_run_event, task_run_event
 from engine.orchestration import Decision, Status, decide
 from engine.runtime.names import generate_name
 from engine.schemas import (
+    Deployment,
+    DeploymentSpec,
     Event,
     FlowRun,
     FlowRunFilter,
@@ -62,7 +64,7 @@ from engine.schemas import (
     OrchestrationResult,
     TaskRun,
 )
-from engine.states import Pending, State, utcnow
+from engine.states import Pending, Scheduled, State, utcnow
 
 
 class EngineService:
@@ -184,11 +186,16 @@ class EngineService:
                         return repo.flow_run(row)
                 flow_id = await self._ensure_flow(session, flow_name)
                 deployment = None
+                dispatch_now = False
+                now = utcnow()
                 if deployment_id is not None:
-                    deployment = await session.get(DeploymentRow, deployment_id)
+                    deployment = await deployments.lock(session, deployment_id)
                     if deployment is None:
                         raise ObjectNotFound(f"deployment {deployment_id} not found")
-                now = utcnow()
+                    # A due run is dispatched with it, or waits for a concurrency slot.
+                    state, dispatch_now = await deployments.plan_new_run(
+                        session, deployment, state, now
+                    )
                 row = FlowRunRow(
                     id=uuid.uuid4(),
                     name=name or generate_name(),
@@ -219,6 +226,9 @@ class EngineService:
                     updated=now,
                 )
                 dependents = self._enter_flow_run_state(row, state)
+                if dispatch_now:
+                    assert deployment is not None
+                    dependents.append(deployments.dispatch(row, deployment, now))
                 session.add(row)
                 await session.flush()  # surfaces a duplicate idempotency key here
                 session.add_all(dependents)
@@ -246,7 +256,16 @@ class EngineService:
             decision = decide(repo.current_state(row), state, force=force)
             if decision.write:
                 row.updated = utcnow()
+                held_slot = deployments.holds_slot(row)
                 session.add_all(self._enter_flow_run_state(row, state))
+                # Deployment runs: crash retries, and a freed slot goes to a waiting run.
+                await deployments.on_state_entered(
+                    session,
+                    row,
+                    held_slot=held_slot,
+                    enter=self._enter_flow_run_state,
+                    now=row.updated,
+                )
             run = repo.flow_run(row)
         return _result(decision, run)
 
@@ -297,6 +316,97 @@ class EngineService:
         )
         async with self._read() as session:
             return [repo.history_state(row) for row in await session.scalars(query)]
+
+    # --- deployments (engine/deployments.py) ------------------------------------------------
+    async def register_deployment(self, spec: DeploymentSpec) -> Deployment:
+        """Create the deployment, or update it as its next version."""
+        (registered,) = await self.register_deployments([spec])
+        return registered
+
+    async def register_deployments(self, specs: list[DeploymentSpec]) -> list[Deployment]:
+        """Register several deployments in one transaction: all or none."""
+        async with self._write() as session:
+            registered = []
+            for spec in specs:
+                flow_id = await self._ensure_flow(session, spec.flow_name)
+                registered.append(
+                    await deployments.register(
+                        session,
+                        spec,
+                        flow_id=flow_id,
+                        enter=self._enter_flow_run_state,
+                        now=utcnow(),
+                    )
+                )
+            return registered
+
+    async def read_deployment(self, name: str) -> Deployment:
+        """The deployment ``FLOW/DEPLOYMENT``."""
+        async with self._read() as session:
+            return deployments.deployment(await deployments.find(session, name))
+
+    async def read_deployments(self) -> list[Deployment]:
+        async with self._read() as session:
+            return await deployments.read_all(session)
+
+    async def set_deployment_paused(self, name: str, paused: bool) -> Deployment:
+        async with self._write() as session:
+            return await deployments.set_paused(session, name, paused, now=utcnow())
+
+    async def create_deployment_run(
+        self,
+        name: str,
+        parameters: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        scheduled_time: dt.datetime | None = None,
+        flow_run_name: str | None = None,
+        tags: list[str] | None = None,
+        parent_task_run_id: uuid.UUID | None = None,
+        parent_flow_run_id: uuid.UUID | None = None,
+        caused_by: dict[str, Any] | None = None,
+    ) -> FlowRun:
+        """A run of the latest version of deployment ``FLOW/DEPLOYMENT``, Scheduled at
+        `scheduled_time` (default now) and dispatched to its pool when due; the same
+        `idempotency_key` always returns the same run."""
+        if idempotency_key is not None:
+            existing = await self._flow_run_by_key(idempotency_key)
+            if existing is not None:
+                return existing
+        async with self._read() as session:
+            row = await deployments.find(session, name)
+            flow_name, deployment_id = row.flow_name, row.id
+        return await self.create_flow_run(
+            flow_name,
+            parameters,
+            name=flow_run_name,
+            state=Scheduled(scheduled_time=scheduled_time or utcnow()),
+            tags=tags,
+            idempotency_key=idempotency_key,
+            parent_task_run_id=parent_task_run_id,
+            parent_flow_run_id=parent_flow_run_id,
+            deployment_id=deployment_id,
+            caused_by=caused_by,
+        )
+
+    async def dispatch_run(self, flow_run_id: uuid.UUID) -> bool:
+        """Dispatch an undispatched Scheduled/Late/AwaitingRetry deployment run now (the server's
+        timer calls it when the run is due); over the concurrency limit it goes
+        AwaitingConcurrencySlot. Idempotent: True only for the call that dispatched it."""
+        async with self._write() as session:
+            return await deployments.dispatch_run(
+                session, flow_run_id, enter=self._enter_flow_run_state, now=utcnow()
+            )
+
+    async def due_runs(self) -> list[tuple[uuid.UUID, dt.datetime]]:
+        """Undispatched deployment runs waiting for their start time, with that time."""
+        async with self._read() as session:
+            return await deployments.due_runs(session)
+
+    async def runs_held_by(self, worker_id: str) -> list[FlowRun]:
+        """Pending/Running runs claimed by `worker_id` (to crash them when it is lost)."""
+        async with self._read() as session:
+            return await deployments.runs_held_by(session, worker_id)
 
     # --- task runs --------------------------------------------------------------------------
     async def create_task_run(

@@ -86,8 +86,8 @@ def run(
 
     params = parse_params(param, params_json)
     flow_obj = load_flow(entrypoint)
-    # With --json, stdout holds the JSON document only: the flow's own prints go to stderr.
     started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)  # the database clock may round
+    # With --json, stdout holds the JSON document only: the flow's own prints go to stderr.
     redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     with redirect:
         state = flow_obj(**params, return_state=True)

@@ -8,6 +8,7 @@ client that talks to `flowrelay server` over the broker. Either way the runtime 
 from __future__ import annotations
 
 import atexit
+import contextvars
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -49,6 +50,32 @@ def user_loop() -> LoopThread:
         return _user_loop
 
 
+_worker_details: dict[str, Any] = {}
+_worker_scope: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "flowrelay_worker", default=None
+)
+
+
+def set_worker_identity(
+    worker_id: str | None, extra_details: dict[str, Any] | None = None, *, context_only: bool = False
+) -> None:
+    """Runs started from here on are executed for worker `worker_id` (None clears it): the runtime
+    proposes Running with `worker_id` plus `extra_details`. Process-wide (a worker's child), or
+    with `context_only` for the current context only (one run task of an inline worker)."""
+    global _worker_details
+    details = {"worker_id": worker_id, **(extra_details or {})} if worker_id else {}
+    if context_only:
+        _worker_scope.set(details)
+    else:
+        _worker_details = details
+
+
+def worker_details() -> dict[str, Any]:
+    """The details set by `set_worker_identity` (empty when no worker executes this run)."""
+    scoped = _worker_scope.get()
+    return dict(scoped if scoped is not None else _worker_details)
+
+
 def set_api_factory(factory: Callable[[], Awaitable[EngineAPI]] | None) -> None:
     """Choose how the process reaches the engine (used by workers and `flowrelay dev`)."""
     global _api_factory
@@ -83,8 +110,9 @@ async def _default_api() -> EngineAPI:
 async def _start_inline_worker(pool: str) -> None:
     """Embedded mode: runs of pool `pool` execute in this process."""
     assert _server is not None
-    from engine.settings import get_settings
     from workers.worker import Worker
+
+    from engine.settings import get_settings
 
     settings = get_settings()
     worker = Worker(

@@ -36,7 +36,13 @@ from engine.runtime.context import FlowRunContext, flow_run_ctx, task_run_ctx
 from engine.runtime.futures import TaskFuture
 from engine.runtime.parameters import bind, call_arguments, to_json_parameters, validate
 from engine.runtime.results import to_storable
-from engine.runtime.tasks import UpstreamFailed, _failure_message, _flush_logs, _retry_delay, resolve
+from engine.runtime.tasks import (
+    UpstreamFailed,
+    _failure_message,
+    _flush_logs,
+    _retry_delay,
+    resolve,
+)
 from engine.schemas import FlowRun, LogRecord
 from engine.states import (
     AwaitingRetry,
@@ -266,7 +272,9 @@ class FlowRunner:
 
         attempt = 0
         while True:
-            answer = await embedded.call(lambda api: api.set_flow_run_state(flow_run.id, Running()))
+            worker = embedded.worker_details()
+            running = Running(**worker, flow_retries=flow.retries, retry_delay_seconds=flow.retry_delay_seconds) if worker else Running()
+            answer = await embedded.call(lambda api: api.set_flow_run_state(flow_run.id, running))  # noqa: B023 - awaited at once
             if not answer.accepted:
                 log.info("flow run not started", reason=answer.reason, flow_run=flow_run.name)
                 return answer.state or Failed(message=answer.reason)

@@ -88,6 +88,33 @@ class RunWaiter:
                 if not listeners:
                     del self._listeners[run.id]
 
+    async def follow(
+        self, api: EngineAPI, flow_run_id: uuid.UUID, timeout: float | None
+    ) -> AsyncIterator[Event | FlowRun]:
+        """The run's state events as they happen, then the final run (for `--watch`)."""
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._listeners.setdefault(flow_run_id, set()).add(queue)
+        try:
+            run = await api.read_flow_run(flow_run_id)
+            await self._ensure_bound(run.flow_name)
+            run = await api.read_flow_run(flow_run_id)
+            if run.state is not None and run.state.is_final():
+                yield run
+                return
+            async with asyncio.timeout(timeout):
+                while True:
+                    event = await queue.get()
+                    yield event
+                    if event.payload.get("type") in FINAL_TYPE_NAMES:
+                        yield await api.read_flow_run(flow_run_id)
+                        return
+        finally:
+            listeners = self._listeners.get(flow_run_id)
+            if listeners is not None:
+                listeners.discard(queue)
+                if not listeners:
+                    del self._listeners[flow_run_id]
+
     async def wait(self, api: EngineAPI, flow_run_id: uuid.UUID, timeout: float | None) -> FlowRun:
         """The run once it is final; `WaitTimeout` after `timeout` seconds."""
         queue: asyncio.Queue[Event] = asyncio.Queue()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 

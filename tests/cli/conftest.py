@@ -23,6 +23,12 @@ class Result:
     def json(self) -> Any:
         return json.loads(self.out)
 
+    @property
+    def error(self) -> str:
+        """The ``Error: ...`` lines on stderr (log lines of the engine may come before them)."""
+        assert "Traceback" not in self.err
+        return "\n".join(line for line in self.err.splitlines() if line.startswith("Error:"))
+
 
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]) -> Any:

@@ -141,4 +141,4 @@ def test_unknown_or_malformed_id_is_exit_2(cli: Any, command: str, run_id: str) 
     result = cli("flow-run", command, run_id)
 
     assert (result.code, result.out) == (2, "")
-    assert result.err == f"Error: flow run '{run_id}' not found\n"
+    assert result.error == f"Error: flow run '{run_id}' not found"

@@ -1,0 +1,67 @@
+"""Start a real server and worker as separate processes on RabbitMQ for a benchmark."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+FLOWRELAY = str(Path(sys.executable).with_name("flowrelay"))
+AMQP = os.environ.get("FLOWRELAY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+@contextlib.contextmanager
+def cluster(pool: str, *, workers: int = 1, concurrency: int = 8, extra_env: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
+    tmp = Path(tempfile.mkdtemp(prefix="flowrelay-bench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWRELAY_")}
+    env.update({
+        "FLOWRELAY_HOME": str(tmp),
+        "FLOWRELAY_BROKER__URL": AMQP,
+        "FLOWRELAY_DATABASE__URL": f"sqlite+aiosqlite:///{tmp / 'bench.db'}",
+        "FLOWRELAY_LOGGING__LEVEL": "WARNING",
+        "FLOWRELAY_LOGGING__FORMAT": "json",
+        **(extra_env or {}),
+    })
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = []
+
+    def spawn(*args: str) -> None:
+        log = open(tmp / f"{args[0]}-{len(procs)}.log", "wb")  # noqa: SIM115
+        logs.append(log)
+        procs.append(subprocess.Popen([FLOWRELAY, *args], env=env, cwd=tmp, stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True))
+
+    try:
+        spawn("server")
+        deadline = time.monotonic() + 30
+        while subprocess.run([FLOWRELAY, "flow-run", "ls", "--json"], env=env, cwd=tmp,
+                             capture_output=True).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start; see {tmp}")
+            time.sleep(0.3)
+        for _ in range(workers):
+            spawn("worker", "--pool", pool, "--concurrency", str(concurrency))
+        env["_BENCH_DIR"] = str(tmp)
+        yield env
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        for log in logs:
+            log.close()
+
+
+def deploy(env: dict[str, str], entrypoint: str, name: str, pool: str) -> None:
+    subprocess.run([FLOWRELAY, "deploy", entrypoint, "--name", name, "--pool", pool], env=env,
+                   check=True, capture_output=True)

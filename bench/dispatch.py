@@ -1,0 +1,100 @@
+"""Dispatch benchmark on RabbitMQ, one `flowrelay server` and one `flowrelay worker` process.
+
+(a) round trip of `run_deployment(wait=True)` of a trivial deployment: create → Running →
+    Completed → the caller sees it, over N runs: min / median / p99;
+(b) throughput: M trivial runs launched at once, created, executed and completed end to end.
+
+    .venv/bin/python bench/dispatch.py [--runs 200] [--burst 2000] [--json bench/results/dispatch.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._cluster import cluster, deploy  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+CLIENT = textwrap.dedent("""
+    import asyncio, json, sys, time
+    from engine import run_deployment
+    from engine.client import get_client
+
+    runs, burst = int(sys.argv[1]), int(sys.argv[2])
+
+    async def main():
+        name = "bench-trivial/bench"
+        for _ in range(5):  # warm up: imports, connections, the worker's child process
+            await run_deployment(name, {"i": 0}, timeout=60)
+        trips = []
+        for i in range(runs):
+            t0 = time.perf_counter()
+            run = await run_deployment(name, {"i": i}, timeout=60)
+            trips.append((time.perf_counter() - t0) * 1000)
+            assert run.state.name == "Completed", run.state
+        t0 = time.perf_counter()
+        done = await asyncio.gather(*(run_deployment(name, {"i": i}, timeout=600) for i in range(burst)))
+        elapsed = time.perf_counter() - t0
+        ok = sum(1 for r in done if r.state.name == "Completed")
+        print(json.dumps({"trips_ms": trips, "burst": burst, "burst_seconds": elapsed, "burst_completed": ok}))
+
+    asyncio.run(main())
+""")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--burst", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--json", default=str(HERE / "results" / "dispatch.json"))
+    args = parser.parse_args()
+    pool = f"bench-{os.getpid()}"
+    with cluster(pool, concurrency=args.concurrency) as env:
+        deploy(env, f"{HERE / 'flows.py'}:trivial", "bench", pool)
+        proc = subprocess.run([sys.executable, "-c", CLIENT, str(args.runs), str(args.burst)],
+                              env={**env, "PYTHONPATH": str(HERE.parent)}, capture_output=True,
+                              text=True, timeout=1800)
+        if proc.returncode != 0:
+            print(proc.stderr[-4000:], file=sys.stderr)
+            return 1
+        data = json.loads(proc.stdout.strip().splitlines()[-1])
+    trips = data["trips_ms"]
+    result = {
+        "round_trip_ms": {"runs": len(trips), "min": min(trips), "median": statistics.median(trips),
+                          "p99": pct(trips, 0.99), "max": max(trips)},
+        "burst": {"runs": data["burst"], "completed": data["burst_completed"],
+                  "seconds": data["burst_seconds"], "runs_per_second": data["burst"] / data["burst_seconds"]},
+        "targets": {"round_trip_median_ms": 15, "runs_per_second": 300},
+        "machine": {"cpus": os.cpu_count()},
+    }
+    rt, burst = result["round_trip_ms"], result["burst"]
+    print(f"{'measure':<44}{'value':>12}  target")
+    print(f"{'run_deployment(wait=True) round trip min':<44}{rt['min']:>10.2f}ms")
+    print(f"{'  median':<44}{rt['median']:>10.2f}ms  < 15 ms")
+    print(f"{'  p99':<44}{rt['p99']:>10.2f}ms")
+    print(f"{f'burst of {burst['runs']} runs: completed':<44}{burst['completed']:>12}")
+    print(f"{'  end-to-end throughput':<44}{burst['runs_per_second']:>8.1f}/s    >= 300/s")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""Dispatch, concurrency slots and crash retries of deployment runs.
+
+A due deployment run is *dispatched*: in the transaction of its state, an outbox row routed to
+``dispatch.<pool>`` (docs/protocol.md "Work") and ``flow_runs.dispatched_at``. A run *holds a
+slot* of its deployment while it is Pending, Running or Cancelling, or Scheduled and already
+dispatched (in its pool's queue, not yet claimed). `concurrency_limit` caps that number; a due run
+over the limit goes ``AwaitingConcurrencySlot`` and waits, without polling, for a run of its
+deployment to give its slot back (`on_state_entered`, called by `set_flow_run_state`).
+
+Locks, PostgreSQL (SQLite serialises writers anyway, and ignores ``FOR UPDATE``): every slot
+decision holds the deployment row ``FOR UPDATE``, so two decisions never both see the same free
+slot. Lock order is always run row → deployment row → waiting runs, the last with ``SKIP
+LOCKED`` (a waiting run locked by someone else is being changed by them: take the next one), so
+no two transactions wait on each other in a cycle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from engine.db import repository as repo
+from engine.db.models import Base, DeploymentRow, EventRow, FlowRunRow, FlowRunStateRow
+from engine.errors import ObjectNotFound
+from engine.schemas import Event, FlowRun
+from engine.states import State, StateDetails, StateType
+
+#: Makes `state` current on the run row; returns the history and outbox rows to add
+#: (`EngineService._enter_flow_run_state`).
+EnterState = Callable[[FlowRunRow, State], list[Base]]
+
+DISPATCH_EVENT = "flow-run.dispatched"
+#: Scheduled-type states from which a run may be dispatched (and then claimed by a worker).
+DISPATCHABLE = frozenset({"Scheduled", "Late", "AwaitingRetry"})
+WAITING = "AwaitingConcurrencySlot"
+_ACTIVE_TYPES = (StateType.PENDING.value, StateType.RUNNING.value, StateType.CANCELLING.value)
+
+
+async def lock(session: AsyncSession, deployment_id: uuid.UUID) -> DeploymentRow | None:
+    """The deployment row, locked for this transaction (PostgreSQL) and freshly read."""
+    row: DeploymentRow | None = await session.scalar(
+        select(DeploymentRow)
+        .where(DeploymentRow.id == deployment_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return row
+
+
+# --- slots and dispatch --------------------------------------------------------------------------
+def holds_slot(row: FlowRunRow) -> bool:
+    """Whether the run counts against its deployment's concurrency limit."""
+    if row.state_type in _ACTIVE_TYPES:
+        return True
+    return row.state_type == StateType.SCHEDULED.value and row.dispatched_at is not None
+
+
+async def _free_slots(session: AsyncSession, dep: DeploymentRow) -> int | None:
+    """Free slots of `dep` (None: no limit). Call with the deployment row locked."""
+    if dep.concurrency_limit is None:
+        return None
+    busy = await session.scalar(
+        select(func.count())
+        .select_from(FlowRunRow)
+        .where(
+            FlowRunRow.deployment_id == dep.id,
+            or_(
+                FlowRunRow.state_type.in_(_ACTIVE_TYPES),
+                and_(
+                    FlowRunRow.state_type == StateType.SCHEDULED.value,
+                    FlowRunRow.dispatched_at.is_not(None),
+                ),
+            ),
+        )
+    )
+    return max(dep.concurrency_limit - (busy or 0), 0)
+
+
+def dispatch(row: FlowRunRow, dep: DeploymentRow, now: dt.datetime) -> EventRow:
+    """Mark the run dispatched and return its work message: an outbox row routed to
+    ``dispatch.<pool>``. The run goes as the deployment is now (its latest entrypoint and pool,
+    as Prefect's workers do); the run records that version."""
+    if row.deployment_version != dep.version:
+        row.deployment_version = dep.version
+        row.work_pool = dep.work_pool
+    row.dispatched_at = now
+    full_name = f"{dep.flow_name}/{dep.name}"
+    event = Event(
+        event=DISPATCH_EVENT,
+        occurred=now,
+        resource={
+            "id": f"flow-run/{row.id}",
+            "name": row.name,
+            "flow": row.flow_name,
+            "deployment": full_name,
+            "work_pool": row.work_pool,
+        },
+        payload={
+            "flow_run_id": str(row.id),
+            "deployment": full_name,
+            "entrypoint": dep.entrypoint,
+            "work_pool": row.work_pool,
+            "parameters": row.parameters or {},
+        },
+    )
+    values = repo.event_values(event)
+    values["routing_key"] = f"dispatch.{row.work_pool}"
+    return EventRow(**values)
+
+
+def _waiting(dep: DeploymentRow, state: State) -> State:
+    return State(
+        type=StateType.SCHEDULED,
+        name=WAITING,
+        message=f"deployment '{dep.flow_name}/{dep.name}' is at its concurrency limit "
+        f"({dep.concurrency_limit})",
+        details=state.details,
+    )
+
+
+async def plan_new_run(
+    session: AsyncSession, dep: DeploymentRow, state: State, now: dt.datetime
+) -> tuple[State, bool]:
+    """The initial state of a new run of `dep` (locked) and whether to dispatch it now: a due
+    dispatchable run is dispatched if a slot is free, else it waits for one."""
+    if state.type is not StateType.SCHEDULED or state.name not in DISPATCHABLE:
+        return state, False
+    if (state.details.scheduled_time or now) > now:
+        return state, False  # the server's timer calls `dispatch_run` when it is due
+    free = await _free_slots(session, dep)
+    if free is None or free > 0:
+        return state, True
+    return _waiting(dep, state), False
+
+
+async def _dispatch_or_wait(
+    session: AsyncSession, row: FlowRunRow, dep: DeploymentRow, enter: EnterState, now: dt.datetime
+) -> bool:
+    free = await _free_slots(session, dep)
+    if free is None or free > 0:
+        session.add(dispatch(row, dep, now))
+        return True
+    current = repo.current_state(row)
+    assert current is not None
+    session.add_all(enter(row, _waiting(dep, current)))
+    row.updated = now
+    return False
+
+
+async def dispatch_run(
+    session: AsyncSession, flow_run_id: uuid.UUID, *, enter: EnterState, now: dt.datetime
+) -> bool:
+    """Dispatch a deployment run that is still undispatched and Scheduled/Late/AwaitingRetry,
+    whatever its scheduled time; over the limit it goes AwaitingConcurrencySlot instead. True
+    if it was dispatched by this call (False: nothing to do, or waiting)."""
+    row = await session.scalar(
+        select(FlowRunRow).where(FlowRunRow.id == flow_run_id).with_for_update()
+    )
+    if row is None:
+        raise ObjectNotFound(f"flow run {flow_run_id} not found")
+    if (
+        row.deployment_id is None
+        or row.dispatched_at is not None
+        or row.state_type != StateType.SCHEDULED.value
+        or row.state_name not in DISPATCHABLE
+    ):
+        return False
+    dep = await lock(session, row.deployment_id)
+    if dep is None:
+        return False
+    return await _dispatch_or_wait(session, row, dep, enter, now)
+
+
+async def release_slots(
+    session: AsyncSession, dep: DeploymentRow, *, enter: EnterState, now: dt.datetime
+) -> None:
+    """Give the free slots of `dep` (locked) to its oldest AwaitingConcurrencySlot runs: each goes
+    Scheduled and is dispatched."""
+    free = await _free_slots(session, dep)
+    if free == 0:
+        return
+    query = (
+        select(FlowRunRow)
+        .where(
+            FlowRunRow.deployment_id == dep.id,
+            FlowRunRow.state_type == StateType.SCHEDULED.value,
+            FlowRunRow.state_name == WAITING,
+        )
+        .order_by(FlowRunRow.created, FlowRunRow.id)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    )
+    if free is not None:
+        query = query.limit(free)
+    for waiting in (await session.scalars(query)).all():
+        details = StateDetails(**(waiting.state_details or {}))
+        scheduled = State(
+            type=StateType.SCHEDULED, message="a concurrency slot is free", details=details
+        )
+        session.add_all(enter(waiting, scheduled))
+        waiting.updated = now
+        session.add(dispatch(waiting, dep, now))
+
+
+async def on_state_entered(
+    session: AsyncSession,
+    row: FlowRunRow,
+    *,
+    held_slot: bool,
+    enter: EnterState,
+    now: dt.datetime,
+) -> None:
+    """After a deployment run entered a new state: retry it if it Crashed with retries left, and
+    if it gave its slot back, hand the slot to the oldest waiting run."""
+    if row.deployment_id is None:
+        return
+    if row.state_type == StateType.CRASHED.value:
+        await _retry_crashed(session, row, enter=enter, now=now)
+    if held_slot and not holds_slot(row):
+        dep = await lock(session, row.deployment_id)
+        if dep is not None:
+            await release_slots(session, dep, enter=enter, now=now)
+
+
+async def _retry_crashed(
+    session: AsyncSession, row: FlowRunRow, *, enter: EnterState, now: dt.datetime
+) -> None:
+    """Crashed → AwaitingRetry when the run's last Running state said ``flow_retries`` > retries
+    used (``run_count - 1``); dispatched at once when the delay is 0, else by the server's timer."""
+    details = await session.scalar(
+        select(FlowRunStateRow.details)
+        .where(
+            FlowRunStateRow.flow_run_id == row.id,
+            FlowRunStateRow.type == StateType.RUNNING.value,
+        )
+        .order_by(FlowRunStateRow.id.desc())
+        .limit(1)
+    )
+    retries = (details or {}).get("flow_retries")
+    used = max((row.run_count or 0) - 1, 0)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries <= used:
+        return
+    delay = _retry_delay((details or {}).get("retry_delay_seconds"), used)
+    retry = State(
+        type=StateType.SCHEDULED,
+        name="AwaitingRetry",
+        message=f"crashed; retry {used + 1} of {retries}" + (f" in {delay:g}s" if delay else ""),
+        details=StateDetails(scheduled_time=now + dt.timedelta(seconds=delay)),
+    )
+    session.add_all(enter(row, retry))
+    row.dispatched_at = None
+    if delay <= 0:
+        assert row.deployment_id is not None
+        dep = await lock(session, row.deployment_id)
+        if dep is not None:
+            await _dispatch_or_wait(session, row, dep, enter, now)
+
+
+def _retry_delay(value: Any, used: int) -> float:
+    """Seconds before retry number ``used + 1``: one number, or a list (one per retry, the last
+    repeated), as in ``@flow(retry_delay_seconds=...)``."""
+    if isinstance(value, list):
+        value = value[min(used, len(value) - 1)] if value else 0
+    try:
+        return max(float(value or 0), 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+# --- queries for the server ----------------------------------------------------------------------
+async def due_runs(session: AsyncSession) -> list[tuple[uuid.UUID, dt.datetime]]:
+    """Undispatched deployment runs in Scheduled/Late/AwaitingRetry with their scheduled time,
+    soonest first (the server loads them into its in-memory timer at start)."""
+    query = select(
+        FlowRunRow.id, FlowRunRow.state_details, FlowRunRow.expected_start_time, FlowRunRow.created
+    ).where(
+        FlowRunRow.deployment_id.is_not(None),
+        FlowRunRow.dispatched_at.is_(None),
+        FlowRunRow.state_type == StateType.SCHEDULED.value,
+        FlowRunRow.state_name.in_(sorted(DISPATCHABLE)),
+    )
+    due = []
+    for run_id, details, expected, created in await session.execute(query):
+        when = StateDetails(**(details or {})).scheduled_time or expected or created
+        due.append((run_id, when))
+    return sorted(due, key=lambda item: item[1])
+
+
+async def runs_held_by(session: AsyncSession, worker_id: str) -> list[FlowRun]:
+    """Runs in Pending/Running whose current state was proposed by `worker_id`."""
+    query = (
+        select(FlowRunRow)
+        .where(
+            FlowRunRow.state_type.in_([StateType.PENDING.value, StateType.RUNNING.value]),
+            FlowRunRow.state_details["worker_id"].as_string() == worker_id,
+        )
+        .order_by(FlowRunRow.created, FlowRunRow.id)
+    )
+    return [repo.flow_run(row) for row in await session.scalars(query)]

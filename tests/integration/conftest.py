@@ -1,0 +1,121 @@
+"""A real cluster for integration tests: `flowrelay server` and `flowrelay worker` processes on
+RabbitMQ, a fresh SQLite database, and the CLI run as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+FLOWS = Path(__file__).parent / "flows" / "chain.py"
+FLOWRELAY = str(Path(sys.executable).with_name("flowrelay"))
+
+pytestmark = pytest.mark.rabbitmq
+
+
+class Cluster:
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env = env
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen[str]] = []
+        self.record = Path(env["FLOWRELAY_TEST_RECORD"])
+        self.pool = f"pool-{uuid.uuid4().hex[:8]}"
+        self.deployment = f"d{uuid.uuid4().hex[:8]}"
+
+    def spawn(self, *args: str, log_name: str) -> subprocess.Popen[str]:
+        log = open(self.workdir / f"{log_name}.log", "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [FLOWRELAY, *args], env=self.env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True,
+        )
+        proc._flowrelay_log = log  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    def log_of(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text()
+
+    def start_server(self) -> subprocess.Popen[str]:
+        proc = self.spawn("server", log_name=f"server-{len(self.procs)}")
+        self.wait_ready()
+        return proc
+
+    def start_worker(self, concurrency: int = 4, pool: str | None = None, name: str = "worker") -> subprocess.Popen[str]:
+        return self.spawn("worker", "--pool", pool or self.pool, "--concurrency", str(concurrency),
+                          log_name=f"{name}-{len(self.procs)}")
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.cli("flow-run", "ls", "--json", check=False, timeout=15)
+            if proc.returncode == 0:
+                return
+            time.sleep(0.3)
+        raise AssertionError("server did not answer within 30 s")
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([FLOWRELAY, *args], env=self.env, cwd=self.workdir, capture_output=True,
+                              text=True, timeout=timeout)
+        if check:
+            assert proc.returncode == 0, (args, proc.stdout[-3000:], proc.stderr[-3000:])
+        return proc
+
+    def cli_json(self, *args: str) -> object:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def deploy(self, flow_fn: str, name: str | None = None, *extra: str) -> str:
+        name = name or self.deployment
+        self.cli("deploy", f"{FLOWS}:{flow_fn}", "--name", name, "--pool", self.pool, *extra)
+        return name
+
+    def python(self, code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", code], env={**self.env, "PYTHONPATH": str(FLOWS.parent)},
+                              cwd=self.workdir, capture_output=True, text=True, timeout=timeout)
+
+    def records(self, name: str | None = None) -> list[list[str]]:
+        if not self.record.exists():
+            return []
+        rows = [line.split() for line in self.record.read_text().splitlines() if line.strip()]
+        return [r for r in rows if name is None or r[0] == name]
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+            proc._flowrelay_log.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def cluster(amqp_url: str, tmp_path: Path) -> Iterator[Cluster]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWRELAY_")}
+    env.update({
+        "FLOWRELAY_HOME": str(tmp_path / "home"),
+        "FLOWRELAY_BROKER__URL": amqp_url,
+        "FLOWRELAY_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'cluster.db'}",
+        "FLOWRELAY_SERVER__HEARTBEAT_TIMEOUT_SECONDS": "3",
+        "FLOWRELAY_WORKER__HEARTBEAT_INTERVAL_SECONDS": "0.5",
+        "FLOWRELAY_LOGGING__FORMAT": "json",
+        "FLOWRELAY_TEST_RECORD": str(tmp_path / "record.txt"),
+    })
+    c = Cluster(env, tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop()

@@ -1,0 +1,247 @@
+"""What runs inside a warm child process (see `workers.children` for the parent's side).
+
+A child is started once (``spawn``: a fresh interpreter, no inherited threads or loop), opens its
+own way to the engine through `embedded.set_api_factory` (by default a `RemoteEngine` over its own
+broker connection), tells the parent it is ready, then serves runs one at a time:
+
+    parent → child   ("run", flow_run_id, entrypoint, flow_run_json | None)   ("stop",)
+    child → parent   ("ready", pid)   ("failed", reason)
+                     ("done", flow_run_id, state_name, state_message, start_ms)
+
+Loaded entrypoints are kept (imported once per child), so starting a run costs a pipe message and
+a dictionary lookup: the flow engine itself then proposes Running with the worker's id.
+
+The child's life belongs to its parent: it ignores SIGINT/SIGTERM (a Ctrl-C or a systemd stop
+reaches the whole process group; the parent drains instead), leaves on ("stop",) or when the
+pipe closes, and kills itself if the parent dies, so a run is never left executing while the
+server declares it Crashed and hands it to another worker.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any, cast
+
+import structlog
+
+from engine.broker.topology import DEFAULT_PREFIX
+
+if TYPE_CHECKING:
+    from engine.ports import EngineAPI
+    from engine.runtime.flows import Flow
+    from engine.states import State
+
+__all__ = ["LOCAL_API", "REMOTE_API", "ChildConfig", "local_api", "main", "remote_api"]
+
+#: The default: the engine service of `flowrelay server`, over the broker (`broker.url`).
+REMOTE_API = "workers.child_main:remote_api"
+#: The engine service in the child itself, over `database.url` (tests, single-machine setups).
+LOCAL_API = "workers.child_main:local_api"
+
+#: Imported at start-up, so the first run does not pay for them. `engine.service` is there
+#: because `RemoteEngine` reads return types from its hints on first use (~0.5 s of SQLAlchemy
+#: and alembic imports otherwise paid by the first run).
+_PRELOAD = ("engine.runtime.flows", "engine.runtime.tasks", "engine.entrypoints", "engine.service")
+
+EXIT_ORPHANED = 70
+_PARENT_CHECK_SECONDS = 0.5
+_API_OPEN_TIMEOUT = 60.0
+_REPORT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class ChildConfig:
+    """What a child needs to know, pickled to it at start."""
+
+    worker_id: str
+    pool: str
+    #: ``module:function``; the function takes this config and returns an awaitable EngineAPI.
+    api_factory: str = REMOTE_API
+    prefix: str = DEFAULT_PREFIX
+    index: int = 0
+    extra_details: dict[str, Any] = field(default_factory=dict)
+
+
+async def remote_api(config: ChildConfig) -> EngineAPI:
+    """A `RemoteEngine` over a broker connection of the child's own (closed with it)."""
+    from engine.broker import Names, from_url
+    from engine.remote import RemoteEngine
+    from engine.settings import get_settings
+
+    class _OwningRemoteEngine(RemoteEngine):
+        async def close(self) -> None:
+            try:
+                await super().close()
+            finally:
+                await self.broker.close()
+
+    settings = get_settings()
+    broker = from_url(
+        settings.broker.url, connection_name=f"flowrelay-worker-{config.worker_id}-{config.index}"
+    )
+    await broker.connect()
+    try:
+        api = _OwningRemoteEngine(
+            broker, timeout=settings.broker.rpc_timeout_seconds, names=Names(config.prefix)
+        )
+        await api.start()
+    except BaseException:
+        await broker.close()
+        raise
+    return cast("EngineAPI", api)
+
+
+async def local_api(config: ChildConfig) -> EngineAPI:
+    """The engine service over `database.url`, in the child (no server involved)."""
+    from engine.service import EngineService
+    from engine.settings import get_settings
+
+    settings = get_settings()
+    return await EngineService.open(
+        settings.database.url,
+        result_max_bytes=settings.results.max_bytes,
+        busy_timeout_ms=settings.database.busy_timeout_ms,
+    )
+
+
+def resolve_factory(spec: str) -> Callable[[ChildConfig], Awaitable[EngineAPI]]:
+    """The function named by ``module:function``."""
+    module_name, sep, name = spec.partition(":")
+    if not sep or not module_name or not name:
+        raise ValueError(f"api factory {spec!r}: expected 'package.module:function'")
+    factory = getattr(importlib.import_module(module_name), name, None)
+    if not callable(factory):
+        raise ValueError(f"api factory {spec!r}: {module_name} has no function {name!r}")
+    return cast("Callable[[ChildConfig], Awaitable[EngineAPI]]", factory)
+
+
+def main(conn: Connection, config: ChildConfig) -> None:
+    """The child's entry point (the target of its `multiprocessing.Process`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _watch_parent(os.getppid())
+
+    from engine.logging import configure_logging, get_logger
+    from engine.runtime import embedded
+
+    configure_logging()
+    log = get_logger("workers.child").bind(
+        worker_id=config.worker_id, pool=config.pool, child=config.index, pid=os.getpid()
+    )
+    try:
+        factory = resolve_factory(config.api_factory)
+        embedded.set_api_factory(functools.partial(factory, config))
+        embedded.set_worker_identity(config.worker_id, config.extra_details)
+        embedded.call_sync(_open, timeout=_API_OPEN_TIMEOUT)  # the first run must not pay for it
+        for module in _PRELOAD:
+            importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which decides
+        log.error("child could not reach the engine", error=f"{type(exc).__name__}: {exc}")
+        _send(conn, ("failed", f"{type(exc).__name__}: {exc}"))
+        embedded.reset()
+        return
+    _send(conn, ("ready", os.getpid()))
+    log.info("warm child ready")
+    flows: dict[str, Flow[..., Any]] = {}
+    try:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break  # the parent closed the pipe
+            if message[0] == "stop":
+                break
+            if message[0] == "run":
+                _, run_id, entrypoint, run_json = message
+                name, text, start_ms = _run(flows, run_id, entrypoint, run_json)
+                if not _send(conn, ("done", run_id, name, text, start_ms)):
+                    break
+    finally:
+        embedded.reset()
+        log.info("warm child stopped")
+
+
+async def _open(api: EngineAPI) -> None:
+    return None
+
+
+def _send(conn: Connection, message: tuple[Any, ...]) -> bool:
+    try:
+        conn.send(message)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _watch_parent(ppid: int) -> None:
+    """Exit at once if the parent dies: an orphan must not keep running a run the server will
+    declare Crashed (and may retry elsewhere)."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(_PARENT_CHECK_SECONDS)
+            if os.getppid() != ppid:
+                os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="flowrelay-parent-watch", daemon=True).start()
+
+
+def _run(
+    flows: dict[str, Flow[..., Any]], run_id: str, entrypoint: str, run_json: str | None
+) -> tuple[str, str | None, float]:
+    """Run one flow run to its final state: `(state name, message, start cost in ms)`."""
+    from engine.entrypoints import load_flow
+    from engine.runtime import embedded
+    from engine.schemas import FlowRun
+    from engine.states import Crashed, Failed
+
+    received = time.perf_counter()
+    flow_run_id = uuid.UUID(run_id)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(flow_run_id=run_id)
+    log = structlog.get_logger("workers.child")
+    try:
+        flow = flows.get(entrypoint)
+        if flow is None:
+            flow = flows[entrypoint] = load_flow(entrypoint)
+        if run_json is not None:
+            flow_run = FlowRun.model_validate_json(run_json)
+        else:
+            flow_run = embedded.call_sync(lambda api: api.read_flow_run(flow_run_id))
+    except Exception as exc:  # noqa: BLE001 - EntrypointError, or the engine unreachable
+        state: State = Failed(message=f"could not start the flow run: {exc}")
+        log.warning("flow run could not start", entrypoint=entrypoint, error=str(exc))
+        _report(flow_run_id, state)
+        return state.name, state.message, _ms(received)
+    start_ms = _ms(received)
+    try:
+        state = embedded.engine_loop().run(flow.run_existing(flow_run))
+    except Exception as exc:  # noqa: BLE001 - a runtime bug or the engine lost: never silent
+        log.exception("the flow engine failed")
+        state = Crashed(message=f"the flow engine failed: {type(exc).__name__}: {exc}")
+        _report(flow_run_id, state)
+    return state.name, state.message, start_ms
+
+
+def _report(flow_run_id: uuid.UUID, state: State) -> None:
+    from engine.runtime import embedded
+
+    try:
+        embedded.call_sync(
+            lambda api: api.set_flow_run_state(flow_run_id, state), timeout=_REPORT_TIMEOUT
+        )
+    except Exception:  # noqa: BLE001 - the parent still learns the outcome from the pipe
+        structlog.get_logger("workers.child").exception("could not report the state", state=state.name)
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 3)
