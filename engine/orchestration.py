@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from engine.states import DEFAULT_NAMES, STATE_NAMES, State
+from engine.states import DEFAULT_NAMES, STATE_NAMES, State, StateType
 
 
 class Status(StrEnum):
@@ -135,6 +135,18 @@ def decide(current: State | None, proposed: State, *, force: bool = False) -> De
             Status.REJECT,
             f"run is already {current.name} held by worker {holder!r}"
             f" (proposed by worker {claimer!r})",
+        )
+
+    holder = current.details.worker_id
+    if (
+        current.type is StateType.PENDING
+        and proposed.type is StateType.RUNNING
+        and holder is not None
+        and proposed.details.worker_id != holder
+    ):
+        return Decision(
+            Status.REJECT,
+            f"run is claimed by worker {holder!r}; worker {proposed.details.worker_id!r} cannot start it",
         )
 
     source, target = canonical_name(current), canonical_name(proposed)

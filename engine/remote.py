@@ -36,14 +36,18 @@ def _exception_for(error: broker_errors.RpcError) -> Exception:
 
 @functools.cache
 def _return_adapter(name: str) -> pydantic.TypeAdapter[Any] | None:
-    from engine.service import EngineService
+    import engine.ports as ports
 
-    method = getattr(EngineService, name, None)
-    if method is None:
-        return None
-    import engine.service as service_module
+    method = getattr(ports.EngineAPI, name, None)
+    module: object = ports
+    if method is None:  # not on the port: read the service's own hints
+        import engine.service as service_module
 
-    hints = typing.get_type_hints(method, vars(service_module))
+        method = getattr(service_module.EngineService, name, None)
+        module = service_module
+        if method is None:
+            return None
+    hints = typing.get_type_hints(method, vars(module))
     ret = hints.get("return")
     if ret is None or ret is type(None):
         return None
@@ -91,9 +95,9 @@ class RemoteEngine:
             if args:
                 import inspect
 
-                from engine.service import EngineService
+                import engine.ports as ports
 
-                sig = inspect.signature(getattr(EngineService, name))
+                sig = inspect.signature(getattr(ports.EngineAPI, name))
                 bound = sig.bind_partial(None, *args, **kwargs)
                 kwargs = {k: v for k, v in bound.arguments.items() if k != "self"}
             return await self.call(name, **kwargs)

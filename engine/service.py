@@ -403,6 +403,12 @@ class EngineService:
         async with self._read() as session:
             return await deployments.due_runs(session)
 
+    async def forget_dispatches(self) -> int:
+        """Mark every dispatched-but-unclaimed deployment run undispatched again (the embedded
+        in-memory broker loses its queues with the process: those runs must be dispatched anew)."""
+        async with self._write() as session:
+            return await deployments.forget_dispatches(session)
+
     async def runs_held_by(self, worker_id: str) -> list[FlowRun]:
         """Pending/Running runs claimed by `worker_id` (to crash them when it is lost)."""
         async with self._read() as session:

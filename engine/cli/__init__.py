@@ -58,6 +58,9 @@ def _register_optional(app: typer.Typer) -> None:
     except ImportError:  # pragma: no cover - during development only
         deploy_cmd = None  # type: ignore[assignment]
     if deploy_cmd is not None:
+        from engine.cli import deployment_run
+
+        deployment_run.register(deploy_cmd.deployment_app)
         deploy_cmd.register(app)
     try:
         from engine.cli import worker_cmd

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.db import repository as repo
@@ -289,6 +289,21 @@ async def due_runs(session: AsyncSession) -> list[tuple[uuid.UUID, dt.datetime]]
         when = StateDetails(**(details or {})).scheduled_time or expected or created
         due.append((run_id, when))
     return sorted(due, key=lambda item: item[1])
+
+
+async def forget_dispatches(session: AsyncSession) -> int:
+    """Clear `dispatched_at` of deployment runs still waiting to be claimed."""
+    result = await session.execute(
+        update(FlowRunRow)
+        .where(
+            FlowRunRow.deployment_id.is_not(None),
+            FlowRunRow.dispatched_at.is_not(None),
+            FlowRunRow.state_type == StateType.SCHEDULED.value,
+            FlowRunRow.state_name.in_(sorted(DISPATCHABLE)),
+        )
+        .values(dispatched_at=None)
+    )
+    return int(result.rowcount or 0)
 
 
 async def runs_held_by(session: AsyncSession, worker_id: str) -> list[FlowRun]:

@@ -33,8 +33,14 @@ def engine_loop() -> LoopThread:
     global _engine_loop
     with _lock:
         if _engine_loop is None:
+            import structlog
+
             from engine.settings import get_settings
 
+            if not structlog.is_configured():
+                from engine.logging import configure_logging
+
+                configure_logging(get_settings())  # logs to stderr, never into a script's stdout
             _engine_loop = LoopThread(
                 "flowrelay-engine", executor_threads=get_settings().runtime.task_threads
             )
@@ -126,9 +132,12 @@ async def _start_inline_worker(pool: str) -> None:
 
 def broker() -> Any:
     """The broker this process talks through (the embedded server's, or the client's)."""
-    if _broker is None:
+    if _broker is not None:
+        return _broker
+    api_broker = getattr(_api, "broker", None)  # a RemoteEngine made by a worker's api factory
+    if api_broker is None:
         raise RuntimeError("the engine is not connected yet")
-    return _broker
+    return api_broker
 
 
 async def _close_api() -> None:

@@ -76,13 +76,15 @@ class Server:
             from engine.deployments import register_configured
 
             await register_configured(self.service, self.settings)
-        read_deployments = getattr(self.service, "read_deployments", None)
-        for deployment in await read_deployments() if read_deployments else []:
+        for deployment in await self.service.read_deployments():
             if deployment.work_pool:
                 await self.ensure_pool(deployment.work_pool)
+        if self.settings.broker.url.startswith("memory://"):
+            # The in-memory broker's queues died with the last process: dispatch again what
+            # was dispatched but never claimed (claims are compare-and-set, so never twice).
+            await self.service.forget_dispatches()
         await self.relay.start()
-        if hasattr(self.service, "due_runs"):
-            await self.timer.start()
+        await self.timer.start()
         await self.heartbeats.start()
         if self.serve_rpc:
             self.rpc = RpcServer(

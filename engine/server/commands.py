@@ -24,7 +24,7 @@ SERVICE_COMMANDS = (
     "read_flow_run_states", "create_task_run", "set_task_run_state", "read_task_runs",
     "read_task_run_states", "write_logs", "read_logs", "emit_event", "read_events",
     "register_deployment", "read_deployment", "read_deployments", "set_deployment_paused",
-    "create_deployment_run", "runs_held_by",
+    "create_deployment_run", "runs_held_by", "register_deployments", "dispatch_run", "due_runs",
 )
 
 

@@ -170,7 +170,7 @@ def test_worker_sigkill_crashes_and_retries(cluster: Cluster) -> None:
 
     def final():
         detail = cluster.cli_json("flow-run", "inspect", run["id"])
-        return detail if detail["run"]["state"]["name"] == "Completed" else None
+        return detail if detail["state"]["name"] == "Completed" else None
 
     detail = wait_until(final, timeout=40)
     names = [s["name"] for s in detail["states"]]
@@ -194,7 +194,7 @@ def test_broker_connections_closed_mid_run(cluster: Cluster) -> None:
         if proc.returncode != 0:
             return None
         detail = json.loads(proc.stdout)
-        return detail if detail["run"]["state"]["name"] == "Completed" else None
+        return detail if detail["state"]["name"] == "Completed" else None
 
     wait_until(completed, timeout=60, interval=0.5)
     # and new work still flows after the reconnect
