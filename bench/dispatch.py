@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -88,7 +87,8 @@ def main() -> int:
     print(f"{'run_deployment(wait=True) round trip min':<44}{rt['min']:>10.2f}ms")
     print(f"{'  median':<44}{rt['median']:>10.2f}ms  < 15 ms")
     print(f"{'  p99':<44}{rt['p99']:>10.2f}ms")
-    print(f"{f'burst of {burst['runs']} runs: completed':<44}{burst['completed']:>12}")
+    label = f"burst of {burst['runs']} runs: completed"
+    print(f"{label:<44}{burst['completed']:>12}")
     print(f"{'  end-to-end throughput':<44}{burst['runs_per_second']:>8.1f}/s    >= 300/s")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))

@@ -27,12 +27,12 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def _expected_lines(code: str) -> list[str]:
-    """`print(...)   # 14, recorded ...` → "14": the comment's first words, up to a comma/dash."""
+    """`print(...)   # prints 14 (why)` → "14": what the example promises to print."""
     out = []
     for line in code.splitlines():
-        m = re.match(r"\s*print\(.*\)\s+# (.+)$", line)
+        m = re.match(r"\s*print\(.*\)\s+# prints (.+?)(?: \(.*\))?$", line)
         if m:
-            out.append(re.split(r",| - | the | with ", m.group(1))[0].strip().rstrip("."))
+            out.append(m.group(1).strip())
     return out
 
 
@@ -47,8 +47,10 @@ def test_python_example_runs(index: int, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = proc.stdout
-    for expected in _expected_lines(code):
-        assert expected.split("...")[0].strip() in printed, (expected, printed)
+    expected_lines = _expected_lines(code)
+    assert expected_lines, "every README python example says what it prints"
+    for expected in expected_lines:
+        assert expected in printed, (expected, printed)
 
 
 def _commands() -> list[str]:

@@ -54,9 +54,8 @@ def dev(
 ) -> None:
     """Run server and worker in one process: on memory:// and SQLite by default (embedded mode),
     or against RabbitMQ when broker.url is amqp://."""
-    from workers.worker import Worker
-
     from engine.server.app import Server
+    from workers.worker import Worker
 
     settings = get_settings()
 

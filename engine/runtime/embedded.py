@@ -116,9 +116,8 @@ async def _default_api() -> EngineAPI:
 async def _start_inline_worker(pool: str) -> None:
     """Embedded mode: runs of pool `pool` execute in this process."""
     assert _server is not None
-    from workers.worker import Worker
-
     from engine.settings import get_settings
+    from workers.worker import Worker
 
     settings = get_settings()
     worker = Worker(

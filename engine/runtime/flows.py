@@ -288,7 +288,7 @@ class FlowRunner:
                     scheduled_time=utcnow() + dt.timedelta(seconds=delay),
                     retry_count=attempt,
                 )
-                await embedded.call(lambda api: api.set_flow_run_state(flow_run.id, retry))
+                await embedded.call(lambda api: api.set_flow_run_state(flow_run.id, retry))  # noqa: B023
                 self._log(flow_run, f"Flow run failed ({state.message}); {retry.message}")
                 await asyncio.sleep(delay)
                 continue
@@ -332,6 +332,7 @@ class FlowRunner:
         return state
 
     async def _finish(self, flow_run: FlowRun, state: State) -> State:
+        state.details.flow_run_id = flow_run.id
         if state.is_completed():
             try:
                 state.data = to_storable(

@@ -93,7 +93,7 @@ class Server:
             )
             await self.rpc.start()
         self._started = True
-        log.info("server started", database=_mask(self.settings.database.url),
+        log.log(20 if self.serve_rpc else 10, "server started", database=_mask(self.settings.database.url),
                  broker=_mask(self.settings.broker.url), pools=sorted(self.pools))
 
     async def stop(self) -> None:
