@@ -26,6 +26,7 @@ def cluster(pool: str, *, workers: int = 1, concurrency: int = 8, extra_env: dic
         "FLOWRELAY_DATABASE__URL": f"sqlite+aiosqlite:///{tmp / 'bench.db'}",
         "FLOWRELAY_LOGGING__LEVEL": "WARNING",
         "FLOWRELAY_LOGGING__FORMAT": "json",
+        "FLOWRELAY_BROKER__PREFIX": f"frbench-{os.getpid()}",
         **(extra_env or {}),
     })
     procs: list[subprocess.Popen[bytes]] = []

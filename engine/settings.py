@@ -57,6 +57,8 @@ class DatabaseSettings(_Section):
 
 class BrokerSettings(_Section):
     url: str = "memory://"
+    #: Prefix of every exchange and queue name: one per environment on a shared broker.
+    prefix: str = Field("flowrelay", pattern=r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
     prefetch: int = Field(16, ge=1)
     rpc_timeout_seconds: float = Field(10, gt=0)
     publish_timeout_seconds: float = Field(10, gt=0)

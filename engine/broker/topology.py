@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
@@ -129,11 +129,22 @@ class Topology:
         )
 
 
+def configured_prefix() -> str:
+    """`broker.prefix` from the configuration (default "flowrelay")."""
+    try:
+        from engine.settings import get_settings
+
+        return get_settings().broker.prefix
+    except Exception:  # noqa: BLE001 - no usable configuration: the default names
+        return DEFAULT_PREFIX
+
+
 @dataclass(frozen=True)
 class Names:
-    """The names of the topology's exchanges and queues under one prefix."""
+    """The names of the topology's exchanges and queues under one prefix (by default the
+    configured `broker.prefix`)."""
 
-    prefix: str = DEFAULT_PREFIX
+    prefix: str = field(default_factory=configured_prefix)
 
     def __post_init__(self) -> None:
         _check_name("prefix", self.prefix)
@@ -161,10 +172,10 @@ class Names:
         return f"{self.prefix}.sub.{_check_name('subscription', name)}"
 
 
-EVENTS_EXCHANGE = Names().events
-DEAD_LETTER_EXCHANGE = Names().dlx
-DEAD_LETTER_QUEUE = Names().dead
-COMMANDS_QUEUE = Names().commands
+EVENTS_EXCHANGE = Names(DEFAULT_PREFIX).events
+DEAD_LETTER_EXCHANGE = Names(DEFAULT_PREFIX).dlx
+DEAD_LETTER_QUEUE = Names(DEFAULT_PREFIX).dead
+COMMANDS_QUEUE = Names(DEFAULT_PREFIX).commands
 
 
 def pool_queue(name: str, prefix: str = DEFAULT_PREFIX) -> str:

@@ -35,11 +35,11 @@ class Server:
         *,
         broker: Broker | None = None,
         serve_rpc: bool = True,
-        prefix: str = "flowrelay",
+        prefix: str | None = None,
         on_new_pool: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
-        self.names = Names(prefix)
+        self.names = Names(prefix) if prefix else Names()
         self.serve_rpc = serve_rpc
         self.on_new_pool = on_new_pool
         self.service = EngineService(

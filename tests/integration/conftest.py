@@ -113,9 +113,36 @@ def cluster(amqp_url: str, tmp_path: Path) -> Iterator[Cluster]:
         "FLOWRELAY_WORKER__HEARTBEAT_INTERVAL_SECONDS": "0.5",
         "FLOWRELAY_LOGGING__FORMAT": "json",
         "FLOWRELAY_TEST_RECORD": str(tmp_path / "record.txt"),
+        "FLOWRELAY_BROKER__PREFIX": f"frtest-{uuid.uuid4().hex[:10]}",
     })
     c = Cluster(env, tmp_path)
     try:
         yield c
     finally:
         c.stop()
+        _delete_topology(amqp_url, env["FLOWRELAY_BROKER__PREFIX"], [c.pool, "default"])
+
+
+def _delete_topology(url: str, prefix: str, pools: list[str]) -> None:
+    """Remove the test's own exchanges and queues (they are durable: they would pile up)."""
+    import asyncio
+
+    from engine.broker import from_url
+    from engine.broker.topology import Names
+
+    names = Names(prefix)
+
+    async def main() -> None:
+        async with from_url(url, connection_name="flowrelay-test-cleanup") as broker:
+            for queue in [names.commands, names.dead, *(names.pool(p) for p in pools)]:
+                try:
+                    await broker.delete_queue(queue)
+                except Exception:  # noqa: BLE001 - absent is fine
+                    pass
+            for exchange in (names.events, names.dlx):
+                try:
+                    await broker.delete_exchange(exchange)
+                except Exception:  # noqa: BLE001
+                    pass
+
+    asyncio.run(main())
