@@ -1,93 +1,61 @@
-"""The quick-start demo: a flow-of-flows on the embedded engine (SQLite, in-process broker).
+"""The quick-start demo: a flow-of-flows of deployments on the embedded engine.
 
     make demo
 
-Runs an upstream flow whose result becomes the downstream flow's parameters, then the
-reference documents' flow-of-flows: A, then B and C at the same time, then D once both finished.
-Prints the runs as the engine recorded them.
+Embedded mode (`broker.url: memory://`, SQLite): the server, its outbox relay and a worker for the
+`demo` pool all run in this process, exactly as `flowrelay dev` does. The same flows run unchanged
+on RabbitMQ with `flowrelay server` and `flowrelay worker` processes.
 """
 
 from __future__ import annotations
 
-import asyncio
+import os
 import sys
 import time
-import uuid
+from pathlib import Path
+
+os.environ.setdefault("FLOWRELAY_LOGGING__LEVEL", "WARNING")  # the table tells the story
 
 from rich.console import Console
 from rich.table import Table
 
-from engine import flow, get_run_logger, task
-from engine.client import get_client
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from flows import (  # noqa: E402
+    downstream_flow,
+    flow_a,
+    flow_b,
+    flow_c,
+    flow_d,
+    parent_flow,
+    upstream_flow,
+)
 
-@task
-def extract_some_data() -> dict[str, str]:
-    return {"batch_id": f"b-{uuid.uuid4().hex[:6]}"}
-
-
-@flow(name="upstream-data-preparation")
-def upstream_flow() -> dict[str, str]:
-    batch = extract_some_data()
-    get_run_logger().info("prepared batch %s", batch["batch_id"])
-    return batch
-
-
-@flow(name="downstream-processing")
-def downstream_flow(upstream_batch_id: str) -> str:
-    get_run_logger().info("processing batch %s", upstream_batch_id)
-    return f"processed {upstream_batch_id}"
-
-
-@flow(name="A")
-async def flow_a(batch_id: str) -> str:
-    await asyncio.sleep(0.05)
-    return batch_id
-
-
-@flow(name="B")
-async def flow_b(batch_id: str) -> str:
-    await asyncio.sleep(0.2)
-    return f"B({batch_id})"
-
-
-@flow(name="C")
-async def flow_c(batch_id: str) -> str:
-    await asyncio.sleep(0.2)
-    return f"C({batch_id})"
-
-
-@flow(name="D")
-async def flow_d(b: str, c: str) -> str:
-    return f"D[{b}, {c}]"
-
-
-@flow(name="parent-flow")
-async def parent_flow() -> str:
-    batch = upstream_flow()                                   # a subflow; its result is data
-    downstream_flow(upstream_batch_id=batch["batch_id"])      # parameters from upstream's result
-    a = await flow_a(batch["batch_id"])
-    b, c = await asyncio.gather(flow_b(a), flow_c(a))         # B and C at the same time
-    return await flow_d(b, c)
+from engine import run_deployment  # noqa: E402
+from engine.cli import output  # noqa: E402
+from engine.client import get_client  # noqa: E402
 
 
 def main() -> int:
     console = Console()
+    for f in (upstream_flow, downstream_flow, flow_a, flow_b, flow_c, flow_d, parent_flow):
+        deployment = f.deploy("demo", work_pool="demo")
+        console.print(f"deployed [bold]{deployment.full_name}[/] (version {deployment.version})")
     start = time.perf_counter()
-    state = asyncio.run(parent_flow(return_state=True))
+    parent = run_deployment("parent-flow/demo", timeout=60)
     elapsed = time.perf_counter() - start
     client = get_client()
-    [parent] = client.read_flow_runs(flow="parent-flow", limit=1)
-    table = Table(title=f"flow runs of {parent.name} ({elapsed * 1000:.0f} ms)")
-    for col in ("flow", "run", "state", "parameters", "result"):
-        table.add_column(col)
     runs = [parent, *sorted(client.read_children(parent.id), key=lambda r: r.start_time or r.created)]
+    table = Table(title=f"flow run {parent.name!r} and its children ({elapsed * 1000:.0f} ms)")
+    for col in ("deployment", "run", "state", "parameters", "result", "duration"):
+        table.add_column(col)
     for run in runs:
-        table.add_row(run.flow_name, run.name, run.state.name if run.state else "-",
-                      str(run.parameters), str(run.result))
+        table.add_row(run.deployment_name or run.flow_name, run.name,
+                      output.state_text(run.state), str(run.parameters), str(run.result),
+                      output.duration(run.start_time, run.end_time))
     console.print(table)
-    console.print(f"parent-flow finished {state.name}: {state.result(raise_on_failure=False)}")
-    return 0 if state.is_completed() else 1
+    console.print(f"parent-flow finished {parent.state_name}: {parent.result}")
+    return 0 if parent.state and parent.state.is_completed() else 1
 
 
 if __name__ == "__main__":

@@ -224,13 +224,48 @@ async def _resolve_deployment(name: str | None, flow_name: str | None, deploymen
     if not flow_name:
         raise ValueError("create_flow_run needs a deployment: name='FLOW/DEPLOYMENT' or flow_name=")
     deployments = await embedded.call(lambda api: api.read_deployments())  # type: ignore[attr-defined]
-    matches = [d.name for d in deployments if d.flow_name == flow_name]
-    full = [f"{flow_name}/{d}" if "/" not in d else d for d in matches]
+    full = [d.full_name for d in deployments if d.flow_name == flow_name]
     if len(full) == 1:
         return full[0]
     if not full:
         raise ObjectNotFound(f"flow {flow_name!r} has no deployment: deploy it first")
     raise ValueError(f"flow {flow_name!r} has several deployments ({', '.join(full)}): name one")
+
+
+@sync_compatible
+async def deploy(
+    flow_obj: Any,
+    name: str,
+    *,
+    work_pool: str = "default",
+    parameters: dict[str, Any] | None = None,
+    tags: list[str] | None = None,
+    description: str | None = None,
+    concurrency_limit: int | None = None,
+    schedules: list[dict[str, Any]] | None = None,
+    entrypoint: str | None = None,
+) -> Any:
+    """Register (or re-register, bumping its version) a deployment of `flow_obj` from Python.
+    The entrypoint defaults to the flow's source file and function name."""
+    import inspect
+
+    from engine.schemas import DeploymentSpec
+
+    if entrypoint is None:
+        source = inspect.getsourcefile(flow_obj.fn)
+        if source is None:
+            raise ValueError(f"flow {flow_obj.name!r}: cannot tell its source file; pass entrypoint=")
+        entrypoint = f"{source}:{flow_obj.fn.__name__}"
+    if parameters:
+        from engine.deployments.specs import check_parameters
+
+        check_parameters(flow_obj, parameters, what=f"deployment {flow_obj.name}/{name}")
+    spec = DeploymentSpec(
+        name=name, flow_name=flow_obj.name, entrypoint=entrypoint, work_pool=work_pool,
+        parameters=parameters or {}, tags=tags or [], description=description or flow_obj.description,
+        concurrency_limit=concurrency_limit, schedules=schedules or [],
+    )
+    return await embedded.call(lambda api: api.register_deployment(spec))
 
 
 @sync_compatible

@@ -31,6 +31,9 @@ _waiter: Any = None
 
 def engine_loop() -> LoopThread:
     global _engine_loop
+    loop = _engine_loop
+    if loop is not None:  # the common case takes no lock (reset() holds it while closing)
+        return loop
     with _lock:
         if _engine_loop is None:
             import structlog
@@ -50,6 +53,9 @@ def engine_loop() -> LoopThread:
 def user_loop() -> LoopThread:
     """The loop that runs async tasks submitted from sync code."""
     global _user_loop
+    loop = _user_loop
+    if loop is not None:
+        return loop
     with _lock:
         if _user_loop is None:
             _user_loop = LoopThread("flowrelay-user", executor_threads=4)

@@ -123,6 +123,13 @@ class Flow(Generic[P, R]):
         """Coerce `parameters` (by name) through the type hints; raises ParameterValidationError."""
         return validate(self.fn, parameters, what=f"flow {self.name!r}")
 
+    def deploy(self, name: str, **options: Any) -> Any:
+        """Register a deployment of this flow: `my_flow.deploy("nightly", work_pool="etl",
+        parameters={...}, concurrency_limit=1)`. Sync, or awaitable from async code."""
+        from engine.runtime.deployments import deploy
+
+        return deploy(self, name, **options)
+
     def __repr__(self) -> str:
         return f"Flow(name={self.name!r})"
 
