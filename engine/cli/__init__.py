@@ -26,6 +26,11 @@ def _root(ctx: typer.Context) -> None:
     from engine.settings import get_settings
 
     configure_logging(get_settings())
+    from engine.runtime import embedded
+
+    # Embedded mode: CLI commands don't execute queued deployment runs, except those that say
+    # so (`run`, `deployment run --watch`, `dev`).
+    embedded.run_inline_workers(ctx.invoked_subcommand in ("run", "dev"))
 
 
 def build_app() -> typer.Typer:

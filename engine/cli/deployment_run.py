@@ -58,6 +58,7 @@ def run(
 ) -> None:
     """Run a deployment (its latest version)."""
     params = parse_params(param, params_json)
+    embedded.run_inline_workers(watch)  # embedded mode: --watch runs it right here
     scheduled = utcnow() + parse_duration(start_in) if start_in else None
 
     async def create(api: Any) -> FlowRun:

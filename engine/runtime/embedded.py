@@ -26,6 +26,7 @@ _api_factory: Callable[[], Awaitable[EngineAPI]] | None = None
 _server: Any = None
 _broker: Any = None
 _inline_workers: list[Any] = []
+_inline_enabled = True
 _waiter: Any = None
 
 
@@ -105,8 +106,12 @@ async def _default_api() -> EngineAPI:
         from engine.server.app import Server
 
         server = Server(settings, serve_rpc=False, on_new_pool=_start_inline_worker)
-        await server.start()
-        _server, _broker = server, server.broker
+        _server, _broker = server, server.broker  # before start: it starts the pools' workers
+        try:
+            await server.start()
+        except BaseException:
+            _server = _broker = None
+            raise
         return server.service
     from engine.broker import from_url
     from engine.remote import RemoteEngine
@@ -119,9 +124,18 @@ async def _default_api() -> EngineAPI:
     return remote  # type: ignore[return-value]
 
 
+def run_inline_workers(enabled: bool) -> None:
+    """Embedded mode: whether this process runs deployment runs itself (scripts and `flowrelay
+    dev` do; read-only CLI commands don't, so they never pick up queued work)."""
+    global _inline_enabled
+    _inline_enabled = enabled
+
+
 async def _start_inline_worker(pool: str) -> None:
     """Embedded mode: runs of pool `pool` execute in this process."""
     assert _server is not None
+    if not _inline_enabled:
+        return
     from engine.settings import get_settings
     from workers.worker import Worker
 
@@ -213,6 +227,7 @@ def reset() -> None:
         _api_factory = None
         _server = _broker = _waiter = None
         _inline_workers.clear()
+        run_inline_workers(True)
         try:
             from engine.settings import reset_settings
 
