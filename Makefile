@@ -23,7 +23,7 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-test: install lint
+test: install lint typecheck
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:

@@ -1,13 +1,18 @@
 """The engine service: runs, states, logs and events over the database (`engine.ports.EngineAPI`).
 
-Every call is one database transaction. A state change, its history row and its outbox event are
-committed together, so nothing is published that was not committed and nothing committed is lost.
+Every write call is one unit of work in a database transaction. A state change, its history row
+and its outbox event are committed together, so nothing is published that was not committed and
+nothing committed is lost. Writes go through group commit (`engine.db.group_commit`): concurrent
+calls share one transaction, each in a savepoint of its own, and every caller gets its result
+only after the COMMIT.
 
 Concurrency:
-- PostgreSQL: the run row is locked (``SELECT ... FOR UPDATE``) while a proposal is judged.
+- one writer task per service runs the writes, one after another, so they never wait on each
+  other's locks inside the process;
+- PostgreSQL: the run row is locked (``SELECT ... FOR UPDATE``) while a proposal is judged, so
+  several servers on one database stay consistent;
 - SQLite: write transactions begin with ``BEGIN IMMEDIATE`` (see `engine.db.engine`), which
-  serialises writers across processes; inside one process writers also queue on an
-  `asyncio.Lock`, so they wait their turn in order instead of sleeping in SQLite's busy handler.
+  serialises writers across processes.
 - Idempotency keys and caller-chosen task-run ids rely on UNIQUE constraints: the loser of a race
   gets an IntegrityError, and re-reads the winner's row.
 
@@ -24,8 +29,8 @@ import contextlib
 import datetime as dt
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -33,7 +38,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from engine import deployments
 from engine.db import repository as repo
-from engine.db.engine import create_db_engine, is_sqlite, migrate, read_only
+from engine.db.engine import create_db_engine, migrate, read_only
+from engine.db.group_commit import GroupCommit, after_commit
 from engine.db.models import (
     Base,
     EventRow,
@@ -66,6 +72,8 @@ from engine.schemas import (
 )
 from engine.states import Pending, Scheduled, State, utcnow
 
+T = TypeVar("T")
+
 
 class EngineService:
     """`EngineAPI` over a SQLAlchemy async engine (SQLite or PostgreSQL)."""
@@ -79,8 +87,10 @@ class EngineService:
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._read_sessions: async_sessionmaker[AsyncSession] | None = None
-        self._write_lock: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+        self._writer: GroupCommit | None = None
         self._commit_listeners: list[Callable[[], None]] = []
+        #: flow name → id, of flow rows known to be committed (flows are never deleted)
+        self._flow_ids: dict[str, uuid.UUID] = {}
 
     # --- life cycle -------------------------------------------------------------------------
     @classmethod
@@ -105,10 +115,13 @@ class EngineService:
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(read_only(engine), expire_on_commit=False)
-        if is_sqlite(engine):
-            self._write_lock = asyncio.Lock()
+        self._writer = GroupCommit(self._sessions, on_commit=self._committed)
+        await self._writer.start()
 
     async def close(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await writer.stop()
         if self._engine is not None:
             engine, self._engine = self._engine, None
             self._sessions = self._read_sessions = None
@@ -127,13 +140,14 @@ class EngineService:
             raise RuntimeError("EngineService is not started: call `await service.start()`")
         return self._engine
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncSession]:
-        """One write transaction, committed on exit (rolled back on an exception)."""
-        if self._sessions is None:
+    async def _transact(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """`work(session)` in a write transaction (shared with concurrent writes, in a savepoint
+        of its own); returns its result once committed, or raises its error (rolled back)."""
+        if self._writer is None:
             raise RuntimeError("EngineService is not started: call `await service.start()`")
-        async with self._write_lock, self._sessions() as session, session.begin():
-            yield session
+        return await self._writer.run(work)
+
+    def _committed(self) -> None:
         for listener in self._commit_listeners:
             listener()
 

@@ -303,7 +303,7 @@ async def forget_dispatches(session: AsyncSession) -> int:
         )
         .values(dispatched_at=None)
     )
-    return int(result.rowcount or 0)
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def runs_held_by(session: AsyncSession, worker_id: str) -> list[FlowRun]:

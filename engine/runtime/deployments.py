@@ -136,7 +136,7 @@ async def _launch(
     ctx = mirror.ctx
     await mirror.create()
     key = idempotency_key or mirror.idempotency_key
-    run: FlowRun = await embedded.call(lambda api: api.create_deployment_run(  # type: ignore[attr-defined]
+    run: FlowRun = await embedded.call(lambda api: api.create_deployment_run(
         name, parameters or {}, idempotency_key=key, scheduled_time=scheduled_time,
         flow_run_name=flow_run_name, tags=tags, parent_task_run_id=mirror.parent_task_run_id,
         parent_flow_run_id=ctx.flow_run.id if ctx else None,
@@ -223,7 +223,7 @@ async def _resolve_deployment(name: str | None, flow_name: str | None, deploymen
         return f"{flow_name}/{deployment_name}"
     if not flow_name:
         raise ValueError("create_flow_run needs a deployment: name='FLOW/DEPLOYMENT' or flow_name=")
-    deployments = await embedded.call(lambda api: api.read_deployments())  # type: ignore[attr-defined]
+    deployments = await embedded.call(lambda api: api.read_deployments())
     full = [d.full_name for d in deployments if d.flow_name == flow_name]
     if len(full) == 1:
         return full[0]

@@ -107,7 +107,7 @@ class Flow(Generic[P, R]):
         self.flow_run_name = flow_run_name
         self.should_validate_parameters = validate_parameters
         self.is_async = inspect.iscoroutinefunction(fn)
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     def with_options(self, **options: Any) -> Flow[P, R]:
         current = dict(
@@ -140,7 +140,8 @@ class Flow(Generic[P, R]):
     @overload
     def __call__(self, *args: Any, return_state: bool = ..., **kwargs: Any) -> Any: ...
 
-    def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return_state = bool(kwargs.pop("return_state", False))
         if self.is_async:
             return self._call_async(args, kwargs, return_state)
         runner = FlowRunner(self, contextvars.copy_context())
@@ -311,6 +312,7 @@ class FlowRunner:
         run_context.run(structlog.contextvars.bind_contextvars, flow_run_id=str(flow_run.id))
         args, kwargs = call_arguments(flow.fn, params)
         timed_out = False
+        state: State | None = None  # on success: decided below, once submitted work has finished
         try:
             if flow.is_async:
                 body = loop.create_task(_await(flow.fn, args, kwargs), context=run_context)
@@ -327,8 +329,6 @@ class FlowRunner:
             )
         except Exception as exc:  # noqa: BLE001 - user code: every error becomes a Failed state
             state = Failed(message=_failure_message(f"Flow run {flow_run.name!r}", exc)).with_exception(exc)
-        else:
-            state = None  # decided below, once submitted work has finished
         if not timed_out:
             # Structured: every task submitted in this run ends before the run does.
             await asyncio.gather(*(f.wait_async() for f in list(ctx.futures)), return_exceptions=True)

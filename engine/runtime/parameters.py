@@ -40,7 +40,7 @@ def _model_for(fn: Callable[..., Any]) -> type[pydantic.BaseModel]:
             annotation = hints.get(name, Any)
             default = ... if p.default is inspect.Parameter.empty else p.default
             fields[name] = (annotation, default)
-    return pydantic.create_model(  # type: ignore[call-overload,no-any-return]
+    return pydantic.create_model(
         f"{fn.__name__}_parameters",
         __config__=pydantic.ConfigDict(arbitrary_types_allowed=True, extra="forbid"),
         **fields,

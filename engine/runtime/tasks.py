@@ -89,7 +89,7 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         qual = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', self.name)}"
         self.task_key = f"{self.name}-{hashlib.sha1(qual.encode()).hexdigest()[:8]}"
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     def with_options(self, **options: Any) -> Task[P, R]:
         current = dict(
@@ -151,7 +151,7 @@ class Task(Generic[P, R]):
         for i in range(lengths.pop()):
             call_args = [mapped_pos[j][i] if j in mapped_pos else _unwrap(a) for j, a in enumerate(args)]
             call_kwargs = {k: mapped_kw[k][i] if k in mapped_kw else _unwrap(v) for k, v in kwargs.items()}
-            futures.append(self.submit(*call_args, **call_kwargs))  # type: ignore[arg-type]
+            futures.append(self.submit(*call_args, **call_kwargs))
         return futures
 
     # --- the task run engine ----------------------------------------------------------------

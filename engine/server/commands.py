@@ -45,9 +45,8 @@ class CommandTable:
                 self.add(name, method)
 
     def add(self, name: str, method: Callable[..., Awaitable[Any]]) -> None:
-        self._methods[name] = pydantic.validate_call(
-            method, config=pydantic.ConfigDict(arbitrary_types_allowed=True)
-        )
+        validator = pydantic.validate_call(config=pydantic.ConfigDict(arbitrary_types_allowed=True))
+        self._methods[name] = validator(method)
 
     @property
     def names(self) -> list[str]:
