@@ -24,7 +24,6 @@ Concurrency:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -42,6 +41,7 @@ from engine.db.engine import create_db_engine, migrate, read_only
 from engine.db.group_commit import GroupCommit, after_commit
 from engine.db.models import (
     Base,
+    DeploymentRow,
     EventRow,
     FlowRow,
     FlowRunRow,
@@ -140,19 +140,23 @@ class EngineService:
             raise RuntimeError("EngineService is not started: call `await service.start()`")
         return self._engine
 
-    async def _transact(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def _transact(
+        self, work: Callable[[AsyncSession], Awaitable[T]], *, events: bool = True
+    ) -> T:
         """`work(session)` in a write transaction (shared with concurrent writes, in a savepoint
-        of its own); returns its result once committed, or raises its error (rolled back)."""
+        of its own); returns its result once committed, or raises its error (rolled back).
+        `events=False`: the work writes no outbox event, so its commit does not wake the relay."""
         if self._writer is None:
             raise RuntimeError("EngineService is not started: call `await service.start()`")
-        return await self._writer.run(work)
+        return await self._writer.run(work, notify=events)
 
     def _committed(self) -> None:
         for listener in self._commit_listeners:
             listener()
 
     def add_commit_listener(self, listener: Callable[[], None]) -> None:
-        """Call `listener()` after every committed write (the outbox relay wakes on it)."""
+        """Call `listener()` after every commit that may carry outbox events (the outbox relay
+        wakes on it)."""
         self._commit_listeners.append(listener)
 
     @contextlib.asynccontextmanager
@@ -186,67 +190,101 @@ class EngineService:
         _raise_if_aborted(decide(None, state), f"new run of flow {flow_name!r}")
         _check_json(parameters or {}, ParameterValidationError, "flow run parameters")
         self._check_result(state)
+
+        async def find_deployment(session: AsyncSession) -> DeploymentRow | None:
+            if deployment_id is None:
+                return None
+            deployment = await deployments.lock(session, deployment_id)
+            if deployment is None:
+                raise ObjectNotFound(f"deployment {deployment_id} not found")
+            return deployment
+
+        return await self._create_flow_run(
+            flow_name, find_deployment, parameters, name=name, state=state, tags=tags,
+            idempotency_key=idempotency_key, parent_task_run_id=parent_task_run_id,
+            parent_flow_run_id=parent_flow_run_id, work_pool=work_pool,
+            expected_start_time=expected_start_time, caused_by=caused_by,
+        )
+
+    async def _create_flow_run(
+        self,
+        flow_name: str | None,
+        find_deployment: Callable[[AsyncSession], Awaitable[DeploymentRow | None]],
+        parameters: dict[str, Any] | None,
+        *,
+        state: State,
+        idempotency_key: str | None,
+        name: str | None = None,
+        tags: list[str] | None = None,
+        parent_task_run_id: uuid.UUID | None = None,
+        parent_flow_run_id: uuid.UUID | None = None,
+        work_pool: str | None = None,
+        expected_start_time: dt.datetime | None = None,
+        caused_by: dict[str, Any] | None = None,
+    ) -> FlowRun:
+        """Create a run of `flow_name` (None: the deployment's flow), of the deployment that
+        `find_deployment(session)` locks, if any, in one write transaction."""
         if idempotency_key is not None:
             existing = await self._flow_run_by_key(idempotency_key)
             if existing is not None:
                 return existing
-        try:
-            async with self._write() as session:
-                if idempotency_key is not None:
-                    row = await session.scalar(
-                        select(FlowRunRow).where(FlowRunRow.idempotency_key == idempotency_key)
-                    )
-                    if row is not None:
-                        return repo.flow_run(row)
-                flow_id = await self._ensure_flow(session, flow_name)
-                deployment = None
-                dispatch_now = False
-                now = utcnow()
-                if deployment_id is not None:
-                    deployment = await deployments.lock(session, deployment_id)
-                    if deployment is None:
-                        raise ObjectNotFound(f"deployment {deployment_id} not found")
-                    # A due run is dispatched with it, or waits for a concurrency slot.
-                    state, dispatch_now = await deployments.plan_new_run(
-                        session, deployment, state, now
-                    )
-                row = FlowRunRow(
-                    id=uuid.uuid4(),
-                    name=name or generate_name(),
-                    flow_id=flow_id,
-                    flow_name=flow_name,
-                    deployment_id=deployment_id,
-                    deployment_name=f"{deployment.flow_name}/{deployment.name}"
-                    if deployment
-                    else None,
-                    deployment_version=deployment.version if deployment else None,
-                    work_pool=work_pool or (deployment.work_pool if deployment else None),
-                    parameters={
-                        **(deployment.parameters if deployment else {}),
-                        **(parameters or {}),
-                    },
-                    tags=list(
-                        tags if tags is not None else (deployment.tags if deployment else [])
-                    ),
-                    idempotency_key=idempotency_key,
-                    parent_task_run_id=parent_task_run_id,
-                    parent_flow_run_id=parent_flow_run_id,
-                    expected_start_time=expected_start_time
-                    or (state.details.scheduled_time if state.is_scheduled() else None),
-                    caused_by=caused_by,
-                    run_count=0,
-                    event_seq=0,
-                    created=now,
-                    updated=now,
+
+        async def create(session: AsyncSession) -> FlowRun:
+            nonlocal state
+            if idempotency_key is not None:
+                row = await session.scalar(
+                    select(FlowRunRow).where(FlowRunRow.idempotency_key == idempotency_key)
                 )
-                dependents = self._enter_flow_run_state(row, state)
-                if dispatch_now:
-                    assert deployment is not None
-                    dependents.append(deployments.dispatch(row, deployment, now))
-                session.add(row)
-                await session.flush()  # surfaces a duplicate idempotency key here
-                session.add_all(dependents)
-                return repo.flow_run(row)
+                if row is not None:
+                    return repo.flow_run(row)
+            deployment = await find_deployment(session)
+            run_flow = flow_name or (deployment.flow_name if deployment else "")
+            flow_id = await self._ensure_flow(session, run_flow)
+            dispatch_now = False
+            now = utcnow()
+            if deployment is not None:
+                # A due run is dispatched with it, or waits for a concurrency slot.
+                state, dispatch_now = await deployments.plan_new_run(
+                    session, deployment, state, now
+                )
+            row = FlowRunRow(
+                id=uuid.uuid4(),
+                name=name or generate_name(),
+                flow_id=flow_id,
+                flow_name=run_flow,
+                deployment_id=deployment.id if deployment else None,
+                deployment_name=f"{deployment.flow_name}/{deployment.name}"
+                if deployment
+                else None,
+                deployment_version=deployment.version if deployment else None,
+                work_pool=work_pool or (deployment.work_pool if deployment else None),
+                parameters={
+                    **(deployment.parameters if deployment else {}),
+                    **(parameters or {}),
+                },
+                tags=list(tags if tags is not None else (deployment.tags if deployment else [])),
+                idempotency_key=idempotency_key,
+                parent_task_run_id=parent_task_run_id,
+                parent_flow_run_id=parent_flow_run_id,
+                expected_start_time=expected_start_time
+                or (state.details.scheduled_time if state.is_scheduled() else None),
+                caused_by=caused_by,
+                run_count=0,
+                event_seq=0,
+                created=now,
+                updated=now,
+            )
+            dependents = self._enter_flow_run_state(row, state)
+            if dispatch_now:
+                assert deployment is not None
+                dependents.append(deployments.dispatch(row, deployment, now))
+            session.add(row)
+            await session.flush()  # surfaces a duplicate idempotency key here
+            session.add_all(dependents)
+            return repo.flow_run(row)
+
+        try:
+            return await self._transact(create)
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -261,7 +299,8 @@ class EngineService:
         """Propose `state` for the run; on ACCEPT it becomes the current state, with its history
         row and outbox event, in one transaction."""
         self._check_result(state)
-        async with self._write() as session:
+
+        async def propose(session: AsyncSession) -> OrchestrationResult:
             row = await session.scalar(
                 select(FlowRunRow).where(FlowRunRow.id == flow_run_id).with_for_update()
             )
@@ -280,8 +319,9 @@ class EngineService:
                     enter=self._enter_flow_run_state,
                     now=row.updated,
                 )
-            run = repo.flow_run(row)
-        return _result(decision, run)
+            return _result(decision, repo.flow_run(row))
+
+        return await self._transact(propose)
 
     async def read_flow_run(self, flow_run_id: uuid.UUID) -> FlowRun:
         async with self._read() as session:
@@ -339,7 +379,8 @@ class EngineService:
 
     async def register_deployments(self, specs: list[DeploymentSpec]) -> list[Deployment]:
         """Register several deployments in one transaction: all or none."""
-        async with self._write() as session:
+
+        async def register(session: AsyncSession) -> list[Deployment]:
             registered = []
             for spec in specs:
                 flow_id = await self._ensure_flow(session, spec.flow_name)
@@ -354,6 +395,8 @@ class EngineService:
                 )
             return registered
 
+        return await self._transact(register)
+
     async def read_deployment(self, name: str) -> Deployment:
         """The deployment ``FLOW/DEPLOYMENT``."""
         async with self._read() as session:
@@ -364,8 +407,9 @@ class EngineService:
             return await deployments.read_all(session)
 
     async def set_deployment_paused(self, name: str, paused: bool) -> Deployment:
-        async with self._write() as session:
-            return await deployments.set_paused(session, name, paused, now=utcnow())
+        return await self._transact(
+            lambda session: deployments.set_paused(session, name, paused, now=utcnow())
+        )
 
     async def create_deployment_run(
         self,
@@ -383,34 +427,27 @@ class EngineService:
         """A run of the latest version of deployment ``FLOW/DEPLOYMENT``, Scheduled at
         `scheduled_time` (default now) and dispatched to its pool when due; the same
         `idempotency_key` always returns the same run."""
-        if idempotency_key is not None:
-            existing = await self._flow_run_by_key(idempotency_key)
-            if existing is not None:
-                return existing
-        async with self._read() as session:
-            row = await deployments.find(session, name)
-            flow_name, deployment_id = row.flow_name, row.id
-        return await self.create_flow_run(
-            flow_name,
-            parameters,
-            name=flow_run_name,
-            state=Scheduled(scheduled_time=scheduled_time or utcnow()),
-            tags=tags,
-            idempotency_key=idempotency_key,
-            parent_task_run_id=parent_task_run_id,
-            parent_flow_run_id=parent_flow_run_id,
-            deployment_id=deployment_id,
-            caused_by=caused_by,
+        state = Scheduled(scheduled_time=scheduled_time or utcnow())
+        _check_json(parameters or {}, ParameterValidationError, "flow run parameters")
+
+        async def find_deployment(session: AsyncSession) -> DeploymentRow:
+            return await deployments.find(session, name, lock=True)
+
+        return await self._create_flow_run(
+            None, find_deployment, parameters, name=flow_run_name, state=state, tags=tags,
+            idempotency_key=idempotency_key, parent_task_run_id=parent_task_run_id,
+            parent_flow_run_id=parent_flow_run_id, caused_by=caused_by,
         )
 
     async def dispatch_run(self, flow_run_id: uuid.UUID) -> bool:
         """Dispatch an undispatched Scheduled/Late/AwaitingRetry deployment run now (the server's
         timer calls it when the run is due); over the concurrency limit it goes
         AwaitingConcurrencySlot. Idempotent: True only for the call that dispatched it."""
-        async with self._write() as session:
-            return await deployments.dispatch_run(
+        return await self._transact(
+            lambda session: deployments.dispatch_run(
                 session, flow_run_id, enter=self._enter_flow_run_state, now=utcnow()
             )
+        )
 
     async def due_runs(self) -> list[tuple[uuid.UUID, dt.datetime]]:
         """Undispatched deployment runs waiting for their start time, with that time."""
@@ -420,8 +457,7 @@ class EngineService:
     async def forget_dispatches(self) -> int:
         """Mark every dispatched-but-unclaimed deployment run undispatched again (the embedded
         in-memory broker loses its queues with the process: those runs must be dispatched anew)."""
-        async with self._write() as session:
-            return await deployments.forget_dispatches(session)
+        return await self._transact(deployments.forget_dispatches)
 
     async def runs_held_by(self, worker_id: str) -> list[FlowRun]:
         """Pending/Running runs claimed by `worker_id` (to crash them when it is lost)."""
@@ -453,34 +489,37 @@ class EngineService:
             existing = await self._task_run_by_id(id)
             if existing is not None:
                 return existing
+
+        async def create(session: AsyncSession) -> TaskRun:
+            if id is not None:
+                found = await session.get(TaskRunRow, id)
+                if found is not None:
+                    return repo.task_run(found)
+            flow_row = await session.get(FlowRunRow, flow_run_id)
+            if flow_row is None:
+                raise ObjectNotFound(f"flow run {flow_run_id} not found")
+            now = utcnow()
+            row = TaskRunRow(
+                id=id or uuid.uuid4(),
+                flow_run_id=flow_run_id,
+                name=name,
+                task_key=task_key,
+                dynamic_key=dynamic_key,
+                parameters=json.loads(json.dumps(parameters or {}, default=repr)),
+                tags=list(tags or []),
+                run_count=0,
+                event_seq=0,
+                created=now,
+                updated=now,
+            )
+            dependents = self._enter_task_run_state(row, state, flow_row)
+            session.add(row)
+            await session.flush()  # surfaces a duplicate id here
+            session.add_all(dependents)
+            return repo.task_run(row)
+
         try:
-            async with self._write() as session:
-                if id is not None:
-                    found = await session.get(TaskRunRow, id)
-                    if found is not None:
-                        return repo.task_run(found)
-                flow_row = await session.get(FlowRunRow, flow_run_id)
-                if flow_row is None:
-                    raise ObjectNotFound(f"flow run {flow_run_id} not found")
-                now = utcnow()
-                row = TaskRunRow(
-                    id=id or uuid.uuid4(),
-                    flow_run_id=flow_run_id,
-                    name=name,
-                    task_key=task_key,
-                    dynamic_key=dynamic_key,
-                    parameters=json.loads(json.dumps(parameters or {}, default=repr)),
-                    tags=list(tags or []),
-                    run_count=0,
-                    event_seq=0,
-                    created=now,
-                    updated=now,
-                )
-                dependents = self._enter_task_run_state(row, state, flow_row)
-                session.add(row)
-                await session.flush()  # surfaces a duplicate id here
-                session.add_all(dependents)
-                return repo.task_run(row)
+            return await self._transact(create)
         except IntegrityError:
             if id is None:
                 raise
@@ -493,7 +532,8 @@ class EngineService:
         self, task_run_id: uuid.UUID, state: State, *, force: bool = False
     ) -> OrchestrationResult:
         self._check_result(state)
-        async with self._write() as session:
+
+        async def propose(session: AsyncSession) -> OrchestrationResult:
             row = await session.scalar(
                 select(TaskRunRow).where(TaskRunRow.id == task_run_id).with_for_update()
             )
@@ -505,8 +545,9 @@ class EngineService:
                 assert flow_row is not None  # guaranteed by the foreign key
                 row.updated = utcnow()
                 session.add_all(self._enter_task_run_state(row, state, flow_row))
-            task = repo.task_run(row)
-        return _result(decision, task)
+            return _result(decision, repo.task_run(row))
+
+        return await self._transact(propose)
 
     async def read_task_runs(self, flow_run_id: uuid.UUID) -> list[TaskRun]:
         query = (
@@ -530,8 +571,12 @@ class EngineService:
     async def write_logs(self, logs: list[LogRecord]) -> None:
         if not logs:
             return
-        async with self._write() as session:
-            await session.execute(insert(LogRow), [repo.log_row(rec) for rec in logs])
+        rows = [repo.log_row(rec) for rec in logs]
+
+        async def insert_logs(session: AsyncSession) -> None:
+            await session.execute(insert(LogRow), rows)
+
+        await self._transact(insert_logs, events=False)
 
     async def read_logs(self, flow_run_id: uuid.UUID, limit: int = 1000) -> list[LogRecord]:
         """The run's logs (its tasks' included), oldest first."""
@@ -546,9 +591,13 @@ class EngineService:
 
     async def emit_event(self, event: Event) -> None:
         """Put a custom event in the outbox. Emitting the same event id twice stores it once."""
-        async with self._write() as session:
-            stmt = repo.insert_ignoring_conflicts(self.engine.dialect.name, EventRow, ["id"])
-            await session.execute(stmt.values(**repo.event_values(event)))
+        stmt = repo.insert_ignoring_conflicts(self.engine.dialect.name, EventRow, ["id"])
+        stmt = stmt.values(**repo.event_values(event))
+
+        async def insert_event(session: AsyncSession) -> None:
+            await session.execute(stmt)
+
+        await self._transact(insert_event)
 
     async def read_events(self, resource_id: str | None = None, limit: int = 200) -> list[Event]:
         """Events from the outbox, oldest first (optionally only those of one resource, such as
@@ -574,12 +623,16 @@ class EngineService:
         """Record that the broker confirmed these events."""
         if not event_ids:
             return
-        async with self._write() as session:
-            await session.execute(
-                update(EventRow)
-                .where(EventRow.id.in_(list(event_ids)), EventRow.sent_at.is_(None))
-                .values(sent_at=utcnow())
-            )
+        stmt = (
+            update(EventRow)
+            .where(EventRow.id.in_(list(event_ids)), EventRow.sent_at.is_(None))
+            .values(sent_at=utcnow())
+        )
+
+        async def mark(session: AsyncSession) -> None:
+            await session.execute(stmt)
+
+        await self._transact(mark, events=False)
 
     # --- internals --------------------------------------------------------------------------
     async def _flow_run_by_key(self, key: str) -> FlowRun | None:
@@ -593,11 +646,16 @@ class EngineService:
             return repo.task_run(row) if row is not None else None
 
     async def _ensure_flow(self, session: AsyncSession, flow_name: str) -> uuid.UUID:
-        """The id of flow `flow_name`, created if new (race-safe: ON CONFLICT DO NOTHING)."""
+        """The id of flow `flow_name`, created if new (race-safe: ON CONFLICT DO NOTHING).
+        Remembered once committed: flows are never deleted."""
+        flow_id = self._flow_ids.get(flow_name)
+        if flow_id is not None:
+            return flow_id
         stmt = repo.insert_ignoring_conflicts(self.engine.dialect.name, FlowRow, ["name"])
         await session.execute(stmt.values(id=uuid.uuid4(), name=flow_name, created=utcnow()))
         flow_id = await session.scalar(select(FlowRow.id).where(FlowRow.name == flow_name))
         assert flow_id is not None
+        after_commit(session, lambda: self._flow_ids.update({flow_name: flow_id}))
         return flow_id
 
     def _enter_flow_run_state(self, row: FlowRunRow, state: State) -> list[Base]:

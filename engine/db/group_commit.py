@@ -48,6 +48,7 @@ def after_commit(session: AsyncSession, fn: Callable[[], None]) -> None:
 class _Job:
     work: Work
     future: asyncio.Future[Any]
+    notify: bool = True
     result: Any = None
     error: BaseException | None = None
     callbacks: list[Callable[[], None]] = field(default_factory=list)
@@ -89,12 +90,13 @@ class GroupCommit:
             if not job.future.done():
                 job.future.set_exception(RuntimeError("the engine service was closed"))
 
-    async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        """`work(session)` in a write transaction; its result once committed."""
+    async def run(self, work: Callable[[AsyncSession], Awaitable[T]], *, notify: bool = True) -> T:
+        """`work(session)` in a write transaction; its result once committed. `notify=False`:
+        this work alone is no reason to call `on_commit` (it writes no outbox event)."""
         if self._task is None:
             raise RuntimeError("EngineService is not started: call `await service.start()`")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Job(work, future))
+        self._queue.append(_Job(work, future, notify))
         self._wake.set()
         return await future
 
@@ -103,7 +105,7 @@ class GroupCommit:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                jobs = []
+                jobs: list[_Job] = []
                 while self._queue and len(jobs) < self._max_batch:
                     job = self._queue.popleft()
                     if not job.future.done():  # a caller cancelled before its turn
@@ -135,7 +137,8 @@ class GroupCommit:
                 if job.error is None:
                     for fn in job.callbacks:
                         fn()
-            self._on_commit()
+            if any(job.notify for job in jobs):
+                self._on_commit()
         for job in jobs:
             if job.future.done():
                 continue

@@ -223,7 +223,8 @@ async def on_state_entered(
         await _retry_crashed(session, row, enter=enter, now=now)
     if held_slot and not holds_slot(row):
         dep = await lock(session, row.deployment_id)
-        if dep is not None:
+        # Without a limit no run waits for a slot (`register` frees them when it is lifted).
+        if dep is not None and dep.concurrency_limit is not None:
             await release_slots(session, dep, enter=enter, now=now)
 
 

@@ -115,10 +115,12 @@ def _default_timeout(timeout: float | None) -> float | None:
     return get_settings().runtime.wait_timeout_seconds
 
 
-async def _wait(flow_run_id: uuid.UUID, timeout: float | None) -> FlowRun:
+async def _wait(
+    flow_run_id: uuid.UUID, timeout: float | None, flow_name: str | None = None
+) -> FlowRun:
     async def on_engine_loop(api: Any) -> FlowRun:
         waiter = await embedded.waiter()
-        return await waiter.wait(api, flow_run_id, timeout)  # type: ignore[no-any-return]
+        return await waiter.wait(api, flow_run_id, timeout, flow_name=flow_name)  # type: ignore[no-any-return]
 
     return await embedded.call(on_engine_loop)
 
@@ -166,7 +168,7 @@ async def run_deployment(
     )
     if not wait:
         return run
-    run = await _wait(run.id, _default_timeout(timeout))
+    run = await _wait(run.id, _default_timeout(timeout), run.flow_name)
     await mirror.mirror(run)
     return run
 

@@ -26,7 +26,7 @@ import inspect
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 import structlog
 
@@ -43,7 +43,7 @@ from engine.runtime.tasks import (
     _retry_delay,
     resolve,
 )
-from engine.schemas import FlowRun, LogRecord
+from engine.schemas import FlowRun, LogRecord, OrchestrationResult
 from engine.states import (
     AwaitingRetry,
     Completed,
@@ -348,8 +348,17 @@ class FlowRunner:
             except (ResultNotSerializable, ResultTooLarge) as exc:
                 state = Failed(message=str(exc)).with_exception(exc)
         self._log(flow_run, f"Finished in state {state!r}")
-        answer = await embedded.call(lambda api: api.set_flow_run_state(flow_run.id, state))
-        await self._flush(flow_run)
+        # The logs travel beside the final state, not after it (the server commits the two in
+        # one transaction when they arrive together); either failing still fails the call.
+        proposed, flushed = await asyncio.gather(
+            embedded.call(lambda api: api.set_flow_run_state(flow_run.id, state)),
+            self._flush(flow_run),
+            return_exceptions=True,
+        )
+        for outcome in (proposed, flushed):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        answer = cast("OrchestrationResult", proposed)
         if not answer.accepted and answer.state is not None:
             log.warning("final state rejected", proposed=state.name, current=answer.state.name,
                         reason=answer.reason)

@@ -115,13 +115,22 @@ class RunWaiter:
                 if not listeners:
                     del self._listeners[flow_run_id]
 
-    async def wait(self, api: EngineAPI, flow_run_id: uuid.UUID, timeout: float | None) -> FlowRun:
-        """The run once it is final; `WaitTimeout` after `timeout` seconds."""
+    async def wait(
+        self,
+        api: EngineAPI,
+        flow_run_id: uuid.UUID,
+        timeout: float | None,
+        *,
+        flow_name: str | None = None,
+    ) -> FlowRun:
+        """The run once it is final; `WaitTimeout` after `timeout` seconds. Give the run's
+        `flow_name` when known (it saves reading the run to find it)."""
         queue: asyncio.Queue[Event] = asyncio.Queue()
         self._listeners.setdefault(flow_run_id, set()).add(queue)
         try:
-            run = await api.read_flow_run(flow_run_id)
-            await self._ensure_bound(run.flow_name)
+            if flow_name is None:
+                flow_name = (await api.read_flow_run(flow_run_id)).flow_name
+            await self._ensure_bound(flow_name)
             run = await api.read_flow_run(flow_run_id)  # it may have finished before we bound
             if run.state is not None and run.state.is_final():
                 return run

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import Cluster
+from tests.integration.conftest import FLOWRELAY, Cluster
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -201,3 +201,51 @@ def test_broker_connections_closed_mid_run(cluster: Cluster) -> None:
     proc = cluster.cli("deployment", "run", f"sleepy/{name}", "--param", "seconds=0.1", "--watch")
     assert "Completed" in proc.stdout
     assert len(cluster.records("sleepy-end")) == 2
+
+
+def test_events_tail_and_custom_events(cluster: Cluster) -> None:
+    cluster.start_server()
+    cluster.start_worker()
+    name = cluster.deploy("trivial")
+    tail = subprocess.Popen(
+        [FLOWRELAY, "events", "tail", "--json", "--count", "4", "--timeout", "30"],
+        env=cluster.env, cwd=cluster.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(1.5)  # the tail's queue is bound
+    emitted = cluster.cli_json("events", "emit", "batch.ready", "--resource", '{"id": "batch/17"}',
+                               "--payload", '{"rows": 3}')
+    cluster.cli("deployment", "run", f"trivial/{name}", "--watch")
+    out, err = tail.communicate(timeout=40)
+    events = [json.loads(line) for line in out.splitlines() if line.strip()]
+    names = [e["event"] for e in events]
+    assert names[0] == "batch.ready" and events[0]["id"] == emitted["id"]
+    assert events[0]["payload"] == {"rows": 3}
+    assert any(n.startswith("flow-run.") for n in names[1:])
+
+
+def test_bad_commands_never_crash_the_server(cluster: Cluster) -> None:
+    cluster.start_server()
+    code = """
+import asyncio, os
+from engine.broker import from_url
+from engine.broker.rpc import RpcClient
+from engine.broker.errors import RpcError
+from engine.broker.topology import Names
+async def main():
+    async with from_url(os.environ["FLOWRELAY_BROKER__URL"]) as broker:
+        names = Names()
+        await broker.publish("", names.commands, b"\\x00 not json")
+        async with RpcClient(broker, names.commands, timeout=10) as rpc:
+            for method, params in [("drop_database", {}), ("read_flow_run", {"flow_run_id": 5})]:
+                try:
+                    await rpc.call(method, params)
+                except RpcError as exc:
+                    print("ERROR", exc.type, exc.message)
+            print("OK", await rpc.call("read_flow_runs", {}))
+asyncio.run(main())
+"""
+    proc = cluster.python(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ERROR BadCommand unknown command 'drop_database'" in proc.stdout
+    assert "ERROR BadCommand command 'read_flow_run' has bad parameters" in proc.stdout
+    assert "OK {'value': []}" in proc.stdout

@@ -1,0 +1,131 @@
+"""The server's parts on the in-memory broker and a temp SQLite database: the outbox relay, bad
+commands, the dispatch timer and the heartbeat monitor."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from engine.broker import from_url
+from engine.broker.rpc import RpcClient
+from engine.broker.topology import Names, QueueSpec
+from engine.remote import RemoteEngine
+from engine.schemas import DeploymentSpec, Event
+from engine.server.app import Server
+from engine.service import EngineService
+from engine.settings import load_settings
+from engine.states import Pending, Running, utcnow
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("FLOWRELAY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path / 's.db'}")
+    monkeypatch.setenv("FLOWRELAY_BROKER__URL", f"memory://server-{uuid.uuid4().hex[:6]}")
+    monkeypatch.setenv("FLOWRELAY_SERVER__HEARTBEAT_TIMEOUT_SECONDS", "0.6")
+    return load_settings()
+
+
+async def _tail(broker, names: Names, pattern: str = "#") -> asyncio.Queue[Event]:
+    queue: asyncio.Queue[Event] = asyncio.Queue()
+    name = await broker.declare_queue(QueueSpec.temporary(prefix=f"{names.prefix}.t"))
+    await broker.bind(name, names.events, pattern)
+
+    async def on(message):
+        await message.ack()
+        queue.put_nowait(Event.model_validate_json(message.body))
+
+    await broker.consume(name, on, prefetch=100)
+    return queue
+
+
+async def test_events_committed_while_down_are_published_at_start(settings) -> None:
+    # Given events committed while no server ran
+    service = EngineService(settings.database.url)
+    await service.start()
+    run = await service.create_flow_run("etl", {"n": 1})
+    await service.set_flow_run_state(run.id, Running())
+    await service.close()
+    # When the server starts with a subscriber in place
+    broker = from_url(settings.broker.url)
+    await broker.connect()
+    names = Names()
+    await broker.declare_exchange(names.events, "topic")
+    events = await _tail(broker, names, "flow-run.#")
+    async with Server(settings, broker=broker):
+        got = [await asyncio.wait_for(events.get(), 5) for _ in range(2)]
+    # Then both were published, in order, and marked sent
+    assert [e.event for e in got] == ["flow-run.Pending", "flow-run.Running"]
+    assert [e.resource["seq"] for e in got] == [1, 2]
+    service = EngineService(settings.database.url)
+    await service.start()
+    assert await service.unsent_events() == []
+    await service.close()
+    await broker.close()
+
+
+async def test_bad_commands_get_error_replies_and_the_server_keeps_serving(settings) -> None:
+    async with Server(settings) as server:
+        client = RpcClient(server.broker, server.names.commands, timeout=5)
+        await client.start()
+        from engine.broker.errors import RpcError
+
+        with pytest.raises(RpcError, match="unknown command 'creat_flow_run'.*did you mean 'create_flow_run'"):
+            await client.call("creat_flow_run", {})
+        with pytest.raises(RpcError, match="bad parameters"):
+            await client.call("read_flow_run", {"flow_run_id": "not-a-uuid"})
+        with pytest.raises(RpcError, match="ObjectNotFound"):
+            await client.call("read_flow_run", {"flow_run_id": str(uuid.uuid4())})
+        await server.broker.publish("", server.names.commands, b"not json", reply_to=None)
+        remote = RemoteEngine(server.broker, timeout=5)
+        run = await remote.create_flow_run("etl", {"x": 1})
+        assert (await remote.read_flow_run(run.id)).parameters == {"x": 1}
+        from engine.errors import ObjectNotFound
+
+        with pytest.raises(ObjectNotFound):
+            await remote.read_flow_run(uuid.uuid4())
+        await remote.close()
+        await client.close()
+
+
+async def test_future_runs_are_dispatched_when_due_by_the_timer(settings, tmp_path: Path) -> None:
+    flow_file = tmp_path / "f.py"
+    flow_file.write_text("from engine import flow\n@flow\ndef f():\n    return 1\n")
+    async with Server(settings) as server:
+        await server.service.register_deployment(
+            DeploymentSpec(name="d", flow_name="f", entrypoint=f"{flow_file}:f", work_pool="p")
+        )
+        await server.ensure_pool("p")
+        received: asyncio.Queue[dict] = asyncio.Queue()
+
+        async def on(message):
+            await message.ack()
+            received.put_nowait(json.loads(message.body))
+
+        await server.broker.consume(server.names.pool("p"), on, prefetch=10)
+        when = utcnow() + dt.timedelta(seconds=0.5)
+        run = await server.service.create_deployment_run("f/d", scheduled_time=when)
+        await asyncio.sleep(0.2)
+        assert received.empty()
+        message = await asyncio.wait_for(received.get(), 5)
+        assert message["payload"]["flow_run_id"] == str(run.id)
+        assert utcnow() >= when
+
+
+async def test_runs_of_a_silent_worker_are_crashed(settings) -> None:
+    async with Server(settings) as server:
+        run = await server.service.create_flow_run("etl", {})
+        await server.service.set_flow_run_state(run.id, Pending(worker_id="w-1"))
+        await server.service.set_flow_run_state(run.id, Running(worker_id="w-1"))
+        await server.heartbeats.beat("w-1", "p", [str(run.id)])
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            current = await server.service.read_flow_run(run.id)
+            if current.state.name == "Crashed":
+                break
+        assert current.state.name == "Crashed"
+        assert "w-1" in current.state.message and "heartbeat" in current.state.message
