@@ -13,6 +13,7 @@ It talks to the engine the same way flows do: in process in the embedded mode.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -20,7 +21,7 @@ from typing import Any, TypeVar
 from engine.errors import ObjectNotFound
 from engine.ports import EngineAPI
 from engine.runtime import embedded
-from engine.schemas import FlowRun, FlowRunFilter, LogRecord, TaskRun
+from engine.schemas import Deployment, FlowRun, FlowRunFilter, LogRecord, TaskRun
 from engine.states import State
 
 T = TypeVar("T")
@@ -85,6 +86,24 @@ class AsyncClient:
     async def read_children(self, flow_run_id: uuid.UUID | str) -> list[FlowRun]:
         return await self.read_flow_runs(parent=flow_run_id, limit=10_000)
 
+    async def read_deployment(self, name: str) -> Deployment:
+        """A deployment by its `FLOW/DEPLOYMENT` name."""
+        return await self._call(lambda api: api.read_deployment(name))
+
+    async def read_deployments(self) -> list[Deployment]:
+        return await self._call(lambda api: api.read_deployments())
+
+    async def create_flow_run(
+        self, deployment: str, parameters: dict[str, Any] | None = None, *,
+        idempotency_key: str | None = None, scheduled_time: dt.datetime | None = None,
+        flow_run_name: str | None = None, tags: list[str] | None = None,
+    ) -> FlowRun:
+        """Create a run of the latest version of `deployment` (returns at once)."""
+        return await self._call(lambda api: api.create_deployment_run(
+            deployment, parameters or {}, idempotency_key=idempotency_key,
+            scheduled_time=scheduled_time, flow_run_name=flow_run_name, tags=tags,
+        ))
+
 
 class SyncClient:
     """Sync form: the same methods, blocking."""
@@ -121,6 +140,22 @@ class SyncClient:
 
     def read_children(self, flow_run_id: uuid.UUID | str) -> list[FlowRun]:
         return self._run(self._async.read_children(flow_run_id))
+
+    def read_deployment(self, name: str) -> Deployment:
+        return self._run(self._async.read_deployment(name))
+
+    def read_deployments(self) -> list[Deployment]:
+        return self._run(self._async.read_deployments())
+
+    def create_flow_run(
+        self, deployment: str, parameters: dict[str, Any] | None = None, *,
+        idempotency_key: str | None = None, scheduled_time: dt.datetime | None = None,
+        flow_run_name: str | None = None, tags: list[str] | None = None,
+    ) -> FlowRun:
+        return self._run(self._async.create_flow_run(
+            deployment, parameters, idempotency_key=idempotency_key,
+            scheduled_time=scheduled_time, flow_run_name=flow_run_name, tags=tags,
+        ))
 
 
 def get_client(sync: bool = True) -> Any:

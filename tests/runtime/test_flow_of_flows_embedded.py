@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import emit_event, run_deployment
+from engine import emit_event, run_deployment, wait_for_flow_run
 from engine.client import get_client
 from engine.errors import RunFailed, WaitTimeout
 from engine.runtime import embedded
@@ -135,3 +135,19 @@ def test_unknown_deployment_is_a_clear_error(flows) -> None:
 
     with pytest.raises(ObjectNotFound, match="child/tt"):
         run_deployment("child/tt")
+
+
+def test_client_reads_deployments_and_creates_runs(flows) -> None:
+    client = get_client()
+    assert client.read_deployment("child/t").work_pool == "tests"
+    assert "child/t" in {d.full_name for d in client.read_deployments()}
+    run = client.create_flow_run("child/t", {"x": 3}, idempotency_key="client-1")
+    assert client.create_flow_run("child/t", idempotency_key="client-1").id == run.id
+    final = wait_for_flow_run(run.id, timeout=30)
+    assert final.result == 30
+
+    async def via_async():
+        async with get_client(sync=False) as aclient:
+            return await aclient.read_deployment("child/t")
+
+    assert asyncio.run(via_async()).full_name == "child/t"
