@@ -31,9 +31,11 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from engine import deployments
 from engine.db import repository as repo
@@ -74,6 +76,26 @@ from engine.states import Pending, Scheduled, State, utcnow
 
 T = TypeVar("T")
 
+#: `(event, routing key)` pairs of committed outbox rows, as handed to event listeners
+OutboxEvents = list[tuple[Event, str]]
+_HAND_OVER = "flowrelay_hand_over"
+
+
+class _WriteSession(Session):
+    """The writer's session: its committed outbox rows are handed to the event listeners."""
+
+
+@sa_event.listens_for(_WriteSession, "after_flush")
+def _collect_outbox_rows(session: Session, flush_context: object) -> None:
+    # `session.new` still lists what this flush inserted. Handed over only once committed (and
+    # never if the work's savepoint or the transaction is rolled back): see `after_commit`.
+    hand_over = session.info.get(_HAND_OVER)
+    if hand_over is None:
+        return
+    rows = [obj for obj in session.new if isinstance(obj, EventRow)]
+    if rows:
+        after_commit(session, lambda: hand_over(rows))  # type: ignore[arg-type]
+
 
 class EngineService:
     """`EngineAPI` over a SQLAlchemy async engine (SQLite or PostgreSQL)."""
@@ -89,6 +111,7 @@ class EngineService:
         self._read_sessions: async_sessionmaker[AsyncSession] | None = None
         self._writer: GroupCommit | None = None
         self._commit_listeners: list[Callable[[], None]] = []
+        self._event_listeners: list[Callable[[OutboxEvents], None]] = []
         #: flow name → id, of flow rows known to be committed (flows are never deleted)
         self._flow_ids: dict[str, uuid.UUID] = {}
 
@@ -113,7 +136,10 @@ class EngineService:
             await engine.dispose()
             raise
         self._engine = engine
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._sessions = async_sessionmaker(
+            engine, expire_on_commit=False, sync_session_class=_WriteSession,
+            info={_HAND_OVER: self._hand_over_rows},
+        )
         self._read_sessions = async_sessionmaker(read_only(engine), expire_on_commit=False)
         self._writer = GroupCommit(self._sessions, on_commit=self._committed)
         await self._writer.start()
@@ -158,6 +184,21 @@ class EngineService:
         """Call `listener()` after every commit that may carry outbox events (the outbox relay
         wakes on it)."""
         self._commit_listeners.append(listener)
+
+    def add_event_listener(self, listener: Callable[[OutboxEvents], None]) -> None:
+        """Call `listener(events)` with the outbox rows of every commit of this service, once
+        committed (the outbox relay publishes them without reading them back). Rows committed by
+        other processes, or by statements that bypass the ORM, are not handed over: they stay in
+        the outbox for `unsent_events`."""
+        self._event_listeners.append(listener)
+
+    def _hand_over_rows(self, rows: list[EventRow]) -> None:
+        if self._event_listeners:
+            self._hand_over([(repo.event(row), row.routing_key) for row in rows])
+
+    def _hand_over(self, events: OutboxEvents) -> None:
+        for listener in self._event_listeners:
+            listener(events)
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncSession]:
@@ -591,11 +632,15 @@ class EngineService:
 
     async def emit_event(self, event: Event) -> None:
         """Put a custom event in the outbox. Emitting the same event id twice stores it once."""
+        values = repo.event_values(event)
         stmt = repo.insert_ignoring_conflicts(self.engine.dialect.name, EventRow, ["id"])
-        stmt = stmt.values(**repo.event_values(event))
+        stmt = stmt.values(**values)
+        handed = [(event, str(values["routing_key"]))]
 
         async def insert_event(session: AsyncSession) -> None:
-            await session.execute(stmt)
+            result = await session.execute(stmt)
+            if getattr(result, "rowcount", 1) != 0:  # 0: stored before (handed over then)
+                after_commit(session, lambda: self._hand_over(handed))
 
         await self._transact(insert_event)
 
@@ -749,4 +794,4 @@ def _result(decision: Decision, run: FlowRun | TaskRun) -> OrchestrationResult:
     )
 
 
-__all__ = ["EngineService"]
+__all__ = ["EngineService", "OutboxEvents"]

@@ -4,13 +4,19 @@
     <prefix>.dlx                 fanout exchange, durable: where rejected/poison messages go
     <prefix>.dead                durable quorum queue bound to the dlx: inspect and replay from here
     <prefix>.pool.<name>         durable quorum work queue per worker pool
-    <prefix>.commands            durable quorum queue of the engine service (JSON RPC)
+    <prefix>.commands            durable classic queue of the engine service (JSON RPC)
     <prefix>.sub.<name>          durable quorum queue per event subscriber (e.g. automations),
                                  bound to `events` with the subscriber's patterns
 
-Work, command and subscriber queues are quorum queues with `x-delivery-limit` (RabbitMQ 3.10 has
-no default: without it a poison message is redelivered forever) and dead-letter to `<prefix>.dlx`.
-Quorum queues have no exclusive consumers and no priorities. The prefix is "flowrelay"; tests use
+Work and subscriber queues are quorum queues with `x-delivery-limit` (RabbitMQ 3.10 has no
+default: without it a poison message is redelivered forever) and dead-letter to `<prefix>.dlx`.
+Quorum queues have no exclusive consumers and no priorities.
+
+The command queue is a classic durable queue dead-lettering to `<prefix>.dlx`: an RPC request
+is short-lived (answered, or its caller times out), a malformed one gets an error reply or is
+rejected to the dlx, never requeued, so it needs no delivery count, and a classic queue costs
+about half a quorum queue's time per request (no Raft round). A `<prefix>.commands` declared
+as a quorum queue by an earlier version is kept as it is (see `Server.start`). The prefix is "flowrelay"; tests use
 a unique prefix so they never share queues.
 """
 
@@ -36,6 +42,7 @@ __all__ = [
     "QueueSpec",
     "Topology",
     "build_topology",
+    "command_queue",
     "pool_queue",
 ]
 
@@ -183,6 +190,12 @@ def pool_queue(name: str, prefix: str = DEFAULT_PREFIX) -> str:
     return Names(prefix).pool(name)
 
 
+def command_queue(prefix: str = DEFAULT_PREFIX) -> QueueSpec:
+    """The engine service's RPC queue: classic, durable, dead-lettering to `<prefix>.dlx`."""
+    names = Names(prefix)
+    return QueueSpec(names.commands, dead_letter_exchange=names.dlx)
+
+
 def build_topology(
     *,
     pools: Iterable[str] = (),
@@ -202,7 +215,7 @@ def build_topology(
             dead_letter_exchange=names.dlx,
         )
 
-    queues = [QueueSpec(names.dead, quorum=True), work_queue(names.commands)]
+    queues = [QueueSpec(names.dead, quorum=True), command_queue(prefix)]
     bindings = [Binding(names.dead, names.dlx, "#")]
     queues += [work_queue(names.pool(pool)) for pool in pools]
     for subscriber, patterns in (subscriptions or {}).items():

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from engine.broker import Broker, from_url
+from engine.broker.errors import TopologyError
 from engine.broker.rpc import RpcServer
 from engine.broker.topology import Binding, Names, QueueSpec, Topology, build_topology
 from engine.schemas import Event
@@ -69,9 +70,7 @@ class Server:
         await self.service.start()
         if self._own_broker:
             await self.broker.connect()
-        await self.broker.declare_topology(
-            build_topology(delivery_limit=self.settings.broker.delivery_limit, prefix=self.names.prefix)
-        )
+        await self._declare_topology()
         if self.settings.deployments:
             from engine.deployments import register_configured
 
@@ -95,6 +94,28 @@ class Server:
         self._started = True
         log.log(20 if self.serve_rpc else 10, "server started", database=_mask(self.settings.database.url),
                  broker=_mask(self.settings.broker.url), pools=sorted(self.pools))
+
+    async def _declare_topology(self) -> None:
+        topology = build_topology(
+            delivery_limit=self.settings.broker.delivery_limit, prefix=self.names.prefix
+        )
+        commands = [q for q in topology.queues if q.name == self.names.commands]
+        rest = Topology(
+            topology.exchanges,
+            tuple(q for q in topology.queues if q.name != self.names.commands),
+            topology.bindings,
+        )
+        await self.broker.declare_topology(rest)
+        for spec in commands:
+            try:
+                await self.broker.declare_queue(spec)
+            except TopologyError as exc:
+                # An earlier version declared it as a quorum queue: RabbitMQ refuses to redeclare
+                # it as classic. It works as it is (only slower): keep it, say how to switch.
+                log.warning(
+                    "keeping the existing command queue as it was declared; delete it while no "
+                    "server runs to get the faster classic queue", queue=spec.name, error=str(exc),
+                )
 
     async def stop(self) -> None:
         if self.rpc is not None:

@@ -1,14 +1,22 @@
 """The outbox relay: publishes committed events with publisher confirms, then marks them sent.
 
-It wakes on every commit of the engine service (no polling) and once at start, so events left
-unsent by a crash are published again (at-least-once; consumers drop duplicates by event id and
-`seq`). Work dispatches (`dispatch.<pool>`) are published `mandatory`: if their pool queue is
+The engine service hands it the outbox rows of each of its commits, in memory, once committed
+(`EngineService.add_event_listener`): it publishes them without reading them back (no polling).
+It reads the outbox itself at start (events left unsent by a crash are published again:
+at-least-once; consumers drop duplicates by event id and `seq`), after a failed publish (every
+event handed over is in the outbox until marked sent), and, while it is busy, at most every
+`sweep_seconds` for rows other processes committed. A row is marked sent only after the broker's
+confirm, whichever way it came; confirmed rows are marked together, `mark_delay` seconds after
+the first of them (one write transaction instead of one per publish; a crash in between
+publishes them again at start, as for any row not marked yet). Work dispatches (`dispatch.<pool>`) are published `mandatory`: if their pool queue is
 missing it is declared and the publish retried, so work is never confirmed into the void.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +43,8 @@ class OutboxRelay:
         on_published: Callable[[Event, str], None] | None = None,
         batch_size: int = 500,
         publish_timeout: float = 10.0,
+        sweep_seconds: float = 1.0,
+        mark_delay: float = 0.05,
     ) -> None:
         self.service = service
         self.broker = broker
@@ -43,16 +53,39 @@ class OutboxRelay:
         self.on_published = on_published
         self.batch_size = batch_size
         self.publish_timeout = publish_timeout
+        self.sweep_seconds = sweep_seconds
+        self.mark_delay = mark_delay
+        #: confirmed by the broker, not yet marked sent in the outbox
+        self._unmarked: dict[uuid.UUID, None] = {}
+        self._marker: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: committed events handed over by the service, not yet published (insertion order)
+        self._handed: dict[uuid.UUID, tuple[Event, str]] = {}
+        self._read_outbox = True
+        self._last_read = float("-inf")
         self.published = 0
+        #: outbox reads (for tests and benchmarks)
+        self.reads = 0
 
     def wake(self) -> None:
+        """Read the outbox and publish what is unsent."""
+        self._read_outbox = True
+        self._wake.set()
+
+    def offer(self, events: list[tuple[Event, str]]) -> None:
+        """Publish these committed events (handed over by the service after its COMMIT)."""
+        for event, routing_key in events:
+            self._handed[event.id] = (event, routing_key)
         self._wake.set()
 
     async def start(self) -> None:
-        self.service.add_commit_listener(self.wake)
-        self._wake.set()  # publish what a previous run left unsent
+        add_event_listener = getattr(self.service, "add_event_listener", None)
+        if add_event_listener is not None:
+            add_event_listener(self.offer)
+        else:  # a service that cannot hand events over: read the outbox on every commit
+            self.service.add_commit_listener(self.wake)
+        self.wake()  # publish what a previous run left unsent
         self._task = asyncio.create_task(self._run(), name="flowrelay-outbox-relay")
 
     async def stop(self) -> None:
@@ -60,6 +93,41 @@ class OutboxRelay:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self._marker is not None:
+            self._marker.cancel()
+            await asyncio.gather(self._marker, return_exceptions=True)
+            self._marker = None
+        if self._unmarked:  # what is still unmarked is published again at the next start
+            try:
+                await self.service.mark_sent(list(self._unmarked))
+                self._unmarked.clear()
+            except Exception as exc:  # noqa: BLE001 - stopping: they are republished later
+                log.warning("could not mark confirmed events sent", error=f"{type(exc).__name__}: {exc}")
+
+    def _mark_later(self, event_ids: list[uuid.UUID]) -> None:
+        for event_id in event_ids:
+            self._unmarked[event_id] = None
+        if self._marker is None or self._marker.done():
+            self._marker = asyncio.get_running_loop().create_task(
+                self._mark(), name="flowrelay-outbox-marker"
+            )
+
+    async def _mark(self) -> None:
+        await asyncio.sleep(self.mark_delay)  # let confirms gather: one transaction for them all
+        while self._unmarked:
+            ids = list(self._unmarked)
+            try:
+                await self.service.mark_sent(ids)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - unmarked rows are unsent: publish again
+                log.warning("marking events sent failed; publishing them again",
+                            error=f"{type(exc).__name__}: {exc}")
+                self._unmarked.clear()
+                self.wake()
+                return
+            for event_id in ids:
+                self._unmarked.pop(event_id, None)
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -73,20 +141,42 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the relay must outlive broker/db hiccups
+                # Everything handed over is committed and unsent in the outbox: read it back.
+                self._handed.clear()
+                self._read_outbox = True
                 log.warning("outbox relay failed; retrying", error=f"{type(exc).__name__}: {exc}",
                             retry_in=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 self._wake.set()
 
+    async def _next_batch(self) -> list[tuple[Event, str]]:
+        now = asyncio.get_running_loop().time()
+        if self._read_outbox or (self._handed and now - self._last_read >= self.sweep_seconds):
+            self._read_outbox = False
+            self._last_read = now
+            self.reads += 1
+            rows: list[tuple[Event, str]] = await self.service.unsent_events(self.batch_size)
+            for event, _ in rows:
+                self._handed.pop(event.id, None)
+            if len(rows) == self.batch_size:
+                self._read_outbox = True  # more unsent rows than one batch
+            # confirmed already, only not marked yet: no need to publish them again
+            fresh = [row for row in rows if row[0].id not in self._unmarked]
+            if len(fresh) < len(rows) == self.batch_size and self._marker is not None:
+                await asyncio.wait([self._marker])  # or the next read returns them again
+            return fresh
+        ids = list(itertools.islice(self._handed, self.batch_size))
+        return [self._handed.pop(event_id) for event_id in ids]
+
     async def _publish_batch(self) -> bool:
-        rows = await self.service.unsent_events(self.batch_size)
+        rows = await self._next_batch()
         if not rows:
-            return False
+            return bool(self._handed) or self._read_outbox
         results = await asyncio.gather(*(self._publish(e, k) for e, k in rows), return_exceptions=True)
         sent = [event.id for (event, _), res in zip(rows, results, strict=True) if res is None]
         if sent:
-            await self.service.mark_sent(sent)
+            self._mark_later(sent)
         self.published += len(sent)
         if self.on_published is not None:
             for (event, key), res in zip(rows, results, strict=True):
@@ -95,7 +185,7 @@ class OutboxRelay:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0] if isinstance(errors[0], Exception) else RuntimeError(str(errors[0]))
-        return len(rows) == self.batch_size
+        return bool(self._handed) or self._read_outbox
 
     async def _publish(self, event: Event, routing_key: str) -> None:
         body = event.model_dump_json().encode()

@@ -24,6 +24,7 @@ from engine.broker import (
     RpcError,
     RpcServer,
     RpcTimeout,
+    Topology,
     TopologyError,
     Unroutable,
     from_url,
@@ -401,6 +402,16 @@ async def echo_handler(method: str, params: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(1)
         return {}
     raise ValueError(f"unknown method {method!r}")
+
+
+def test_command_queue_is_classic_durable_and_dead_letters(topology: Topology, names: Names) -> None:
+    # RPC requests are answered or time out, and are never requeued: no delivery count needed
+    [spec] = [q for q in topology.queues if q.name == names.commands]
+    assert spec.durable and not spec.quorum and not spec.exclusive and not spec.auto_delete
+    assert spec.arguments() == {"x-dead-letter-exchange": names.dlx}
+    # work and subscriber queues stay quorum queues with a delivery limit
+    others = [q for q in topology.queues if q.name not in (names.commands, names.dead)]
+    assert others and all(q.quorum and q.delivery_limit is not None for q in others)
 
 
 async def test_rpc_round_trip_and_error_reply(broker: Broker, names: Names) -> None:

@@ -80,3 +80,28 @@ async def test_writes_after_close_fail_clearly(db_url: str, n: int) -> None:
     await svc.close()
     with pytest.raises(RuntimeError, match="not started"):
         await asyncio.gather(*(svc.create_flow_run("late", state=Pending()) for _ in range(n)))
+
+
+async def test_exactly_the_committed_outbox_rows_are_handed_over(service: EngineService) -> None:
+    # Given a listener for the outbox rows of each commit
+    handed: list[tuple[object, str]] = []
+    service.add_event_listener(handed.extend)
+    calls = []
+    for i in range(30):
+        if i % 3 == 0:
+            calls.append(service.set_flow_run_state(uuid.uuid4(), Running()))  # rolled back
+        else:
+            calls.append(service.create_flow_run("handed", {"i": i}))
+
+    # When writes, some failing, share transactions
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    from engine.schemas import Event
+
+    await service.emit_event(Event(event="custom.thing", resource={"id": "thing/1"}))
+
+    # Then the listener got the committed rows, each once, with their routing keys, and nothing
+    # of the rolled-back writes; the rows stay unsent until the relay marks them
+    unsent = {event.id: key for event, key in await service.unsent_events(100)}
+    assert {event.id: key for event, key in handed} == unsent  # type: ignore[attr-defined]
+    runs = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(handed) == len(runs) + 1 == len(unsent)

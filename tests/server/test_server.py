@@ -68,6 +68,72 @@ async def test_events_committed_while_down_are_published_at_start(settings) -> N
     await broker.close()
 
 
+async def test_committed_events_are_published_without_reading_the_outbox(settings) -> None:
+    broker = from_url(settings.broker.url)
+    await broker.connect()
+    names = Names()
+    await broker.declare_exchange(names.events, "topic")
+    events = await _tail(broker, names, "flow-run.#")
+    async with Server(settings, broker=broker) as server:
+        await asyncio.sleep(0.1)
+        reads = server.relay.reads
+        # When runs change state, their events are handed to the relay after the commit
+        run = await server.service.create_flow_run("etl", {})
+        await server.service.set_flow_run_state(run.id, Running())
+        got = [await asyncio.wait_for(events.get(), 5) for _ in range(2)]
+        assert [e.event for e in got] == ["flow-run.Pending", "flow-run.Running"]
+        # Then they were published (and marked sent) without reading the outbox back
+        for _ in range(100):
+            if not await server.service.unsent_events():
+                break
+            await asyncio.sleep(0.02)
+        assert await server.service.unsent_events() == []
+        assert server.relay.reads == reads
+        # and a wake (a failed publish, rows of other processes) reads it
+        server.relay.wake()
+        for _ in range(100):
+            if server.relay.reads > reads:
+                break
+            await asyncio.sleep(0.02)
+        assert server.relay.reads == reads + 1
+    await broker.close()
+
+
+async def test_events_handed_over_but_not_published_are_read_back_and_published(settings) -> None:
+    from engine.broker.errors import BrokerUnavailable
+
+    broker = from_url(settings.broker.url)
+    await broker.connect()
+    names = Names()
+    await broker.declare_exchange(names.events, "topic")
+    events = await _tail(broker, names, "flow-run.#")
+    publish = broker.publish
+    failures = []
+
+    async def flaky(*args, **kwargs):
+        if not failures:
+            failures.append(args)
+            raise BrokerUnavailable("the broker hiccups once")
+        return await publish(*args, **kwargs)
+
+    async with Server(settings, broker=broker) as server:
+        await asyncio.sleep(0.1)
+        reads = server.relay.reads
+        broker.publish = flaky  # type: ignore[method-assign]
+        # When the publish of a handed-over event fails
+        run = await server.service.create_flow_run("etl", {})
+        got = await asyncio.wait_for(events.get(), 5)
+        # Then the relay read the outbox back and published it (still unsent until confirmed)
+        assert failures and got.resource["id"] == f"flow-run/{run.id}"
+        assert server.relay.reads > reads
+        for _ in range(100):
+            if not await server.service.unsent_events():
+                break
+            await asyncio.sleep(0.02)
+        assert await server.service.unsent_events() == []
+    await broker.close()
+
+
 async def test_bad_commands_get_error_replies_and_the_server_keeps_serving(settings) -> None:
     async with Server(settings) as server:
         client = RpcClient(server.broker, server.names.commands, timeout=5)
@@ -90,6 +156,21 @@ async def test_bad_commands_get_error_replies_and_the_server_keeps_serving(setti
             await remote.read_flow_run(uuid.uuid4())
         await remote.close()
         await client.close()
+
+
+async def test_a_command_queue_declared_as_quorum_earlier_is_kept(settings) -> None:
+    # Given the command queue of an earlier version (a quorum queue with a delivery limit)
+    broker = from_url(settings.broker.url)
+    await broker.connect()
+    names = Names()
+    await broker.declare_queue(QueueSpec(names.commands, quorum=True, delivery_limit=5))
+    # When the server starts, it serves commands on that queue as it is
+    async with Server(settings, broker=broker):
+        remote = RemoteEngine(broker, timeout=5)
+        run = await remote.create_flow_run("etl", {"x": 1})
+        assert (await remote.read_flow_run(run.id)).parameters == {"x": 1}
+        await remote.close()
+    await broker.close()
 
 
 async def test_future_runs_are_dispatched_when_due_by_the_timer(settings, tmp_path: Path) -> None:
