@@ -395,7 +395,7 @@ def _result_max_bytes() -> int:
 
 async def final_state(value: Any, ctx: FlowRunContext) -> State:
     """Prefect's final-state rules for a flow body that returned `value`."""
-    await _flush_logs_into(ctx)
+    await _flush_logs(ctx)
     if isinstance(value, State):
         if value.is_completed() and value.exception is None and not _has_value(value):
             value.with_value(value.data)
@@ -448,7 +448,3 @@ def _substitute(value: Any) -> Any:
 
 def _has_value(state: State) -> bool:
     return bool(state._has_value)  # noqa: SLF001
-
-
-async def _flush_logs_into(ctx: FlowRunContext) -> None:
-    await _flush_logs(ctx)

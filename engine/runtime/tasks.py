@@ -10,7 +10,6 @@ one run per element. Outside a flow a task is a plain function call.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextvars
 import datetime as dt
 import functools
@@ -345,7 +344,3 @@ async def _flush_logs(ctx: FlowRunContext) -> None:
     logs = ctx.take_logs()
     if logs:
         await embedded.call(lambda api: api.write_logs(logs))
-
-
-def wait_all(futures: list[TaskFuture]) -> None:
-    concurrent.futures.wait([f._future for f in futures])  # noqa: SLF001
