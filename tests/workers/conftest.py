@@ -47,7 +47,8 @@ with open("imports.log", "a") as log:
 
 
 @flow
-def append(tag: str) -> int:
+def append(tag: str, hold: float = 0.0) -> int:
+    time.sleep(hold)
     with open("runs.log", "a") as out:
         out.write(f"{tag} {os.getpid()}\\n")
     get_run_logger().info("appended %s", tag)

@@ -47,8 +47,9 @@ async def test_process_mode_over_rabbitmq_claims_runs_heartbeats_and_completes(
             await worker.start()
             runs, published = [], {}
             for tag in ("a", "b", "c"):
-                run = await service.create_flow_run("append", {"tag": tag}, state=Scheduled(),
-                                                     work_pool=POOL)
+                # each run outlasts several heartbeat intervals, so a heartbeat must name it
+                run = await service.create_flow_run("append", {"tag": tag, "hold": 0.3},
+                                                     state=Scheduled(), work_pool=POOL)
                 published[run.id] = utcnow()
                 await server_broker.publish(names.events, f"dispatch.{POOL}",
                                             encode_dispatch(run.id, f"{flows}:append", work_pool=POOL))
