@@ -61,6 +61,28 @@ def cluster(pool: str, *, workers: int = 1, concurrency: int = 8, extra_env: dic
                 os.killpg(proc.pid, signal.SIGKILL)
         for log in logs:
             log.close()
+        _delete_topology(env["FLOWRELAY_BROKER__PREFIX"], pool)
+
+
+def _delete_topology(prefix: str, pool: str) -> None:
+    """Remove the benchmark's own durable exchanges and queues."""
+    import asyncio
+
+    from engine.broker import from_url
+    from engine.broker.topology import Names
+
+    names = Names(prefix)
+
+    async def main() -> None:
+        async with from_url(AMQP, connection_name="flowrelay-bench-cleanup") as broker:
+            for queue in (names.commands, names.dead, names.pool(pool), names.pool("default")):
+                with contextlib.suppress(Exception):
+                    await broker.delete_queue(queue)
+            for exchange in (names.events, names.dlx):
+                with contextlib.suppress(Exception):
+                    await broker.delete_exchange(exchange)
+
+    asyncio.run(main())
 
 
 def deploy(env: dict[str, str], entrypoint: str, name: str, pool: str) -> None:
