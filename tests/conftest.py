@@ -6,14 +6,20 @@ Locally they skip when the service is missing; with CI set they fail instead.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import socket
+import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+import structlog
 
 CI = bool(os.environ.get("CI"))
 AMQP_URL = os.environ.get("FLOWRELAY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -99,3 +105,67 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"{base}/{dbname}"
     finally:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+
+
+# --- running the CLI in process (tests/cli, tests/deployments) ---------------------------------
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+    @property
+    def error(self) -> str:
+        """The ``Error: ...`` lines on stderr (log lines of the engine may come before them)."""
+        assert "Traceback" not in self.err
+        return "\n".join(line for line in self.err.splitlines() if line.startswith("Error:"))
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Any:
+    """`cli("flow-run", "ls")` runs the CLI in this process (as `flowrelay flow-run ls` would,
+    through `main`'s error handling) and returns its exit code, stdout and stderr."""
+    from engine.cli import run_cli
+
+    def invoke(*args: str) -> Result:
+        capsys.readouterr()
+        code = run_cli(list(args))
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return invoke
+
+
+@pytest.fixture
+def restore_process_state(tmp_path: Path) -> Iterator[None]:
+    """The CLI configures logging and imports flow files: undo both after the test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    path = sys.path[:]
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    sys.path[:] = path
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None) or ""
+        if file.startswith(str(tmp_path)):
+            del sys.modules[name]
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Any:
+    """`write("flows.py", source)` creates a file under the test's directory (the cwd)."""
+    import textwrap
+
+    def _write(name: str, source: str) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(source).lstrip(), encoding="utf-8")
+        return path
+
+    return _write
