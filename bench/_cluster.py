@@ -49,6 +49,8 @@ def cluster(pool: str, *, workers: int = 1, concurrency: int = 8, extra_env: dic
         for _ in range(workers):
             spawn("worker", "--pool", pool, "--concurrency", str(concurrency))
         env["_BENCH_DIR"] = str(tmp)
+        env["_BENCH_SERVER_PID"] = str(procs[0].pid)
+        env["_BENCH_WORKER_PID"] = str(procs[1].pid) if workers else "0"
         yield env
     finally:
         for proc in procs:
@@ -75,7 +77,8 @@ def _delete_topology(prefix: str, pool: str) -> None:
 
     async def main() -> None:
         async with from_url(AMQP, connection_name="flowrelay-bench-cleanup") as broker:
-            for queue in (names.commands, names.dead, names.pool(pool), names.pool("default")):
+            for queue in (names.commands, names.dead, names.subscription("automations"),
+                          names.pool(pool), names.pool("default")):
                 with contextlib.suppress(Exception):
                     await broker.delete_queue(queue)
             for exchange in (names.events, names.dlx):

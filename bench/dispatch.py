@@ -25,27 +25,36 @@ from bench._cluster import cluster, deploy  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 CLIENT = textwrap.dedent("""
-    import asyncio, json, sys, time
+    import asyncio, json, os, sys, time
     from engine import run_deployment
-    from engine.client import get_client
+    from bench._cpu import per_run_ms, snapshot
 
     runs, burst = int(sys.argv[1]), int(sys.argv[2])
+    pids = int(os.environ["_BENCH_SERVER_PID"]), int(os.environ["_BENCH_WORKER_PID"])
 
     async def main():
         name = "bench-trivial/bench"
         for _ in range(5):  # warm up: imports, connections, the worker's child process
             await run_deployment(name, {"i": 0}, timeout=60)
         trips = []
+        cpu0 = snapshot(*pids)
         for i in range(runs):
             t0 = time.perf_counter()
             run = await run_deployment(name, {"i": i}, timeout=60)
             trips.append((time.perf_counter() - t0) * 1000)
             assert run.state.name == "Completed", run.state
+        cpu1 = snapshot(*pids)
+        await asyncio.sleep(0.5)  # let the last runs' trailing work (marking events sent) settle
+        cpu2 = snapshot(*pids)
         t0 = time.perf_counter()
         done = await asyncio.gather(*(run_deployment(name, {"i": i}, timeout=600) for i in range(burst)))
         elapsed = time.perf_counter() - t0
+        await asyncio.sleep(0.5)
+        cpu3 = snapshot(*pids)
         ok = sum(1 for r in done if r.state.name == "Completed")
-        print(json.dumps({"trips_ms": trips, "burst": burst, "burst_seconds": elapsed, "burst_completed": ok}))
+        print(json.dumps({"trips_ms": trips, "burst": burst, "burst_seconds": elapsed, "burst_completed": ok,
+                          "cpu_trips": per_run_ms(cpu0, cpu1, runs),
+                          "cpu_burst": per_run_ms(cpu2, cpu3, burst)}))
 
     asyncio.run(main())
 """)
@@ -79,6 +88,7 @@ def main() -> int:
                           "p99": pct(trips, 0.99), "max": max(trips)},
         "burst": {"runs": data["burst"], "completed": data["burst_completed"],
                   "seconds": data["burst_seconds"], "runs_per_second": data["burst"] / data["burst_seconds"]},
+        "cpu_ms_per_run": {"round_trip": data["cpu_trips"], "burst": data["cpu_burst"]},
         "targets": {"round_trip_median_ms": 15, "runs_per_second": 300},
         "machine": {"cpus": os.cpu_count()},
     }
@@ -90,6 +100,10 @@ def main() -> int:
     label = f"burst of {burst['runs']} runs: completed"
     print(f"{label:<44}{burst['completed']:>12}")
     print(f"{'  end-to-end throughput':<44}{burst['runs_per_second']:>8.1f}/s    >= 300/s")
+    cpu = result["cpu_ms_per_run"]
+    print(f"\n{'CPU ms per run':<18}" + "".join(f"{g:>10}" for g in cpu["burst"]))
+    for phase in ("round_trip", "burst"):
+        print(f"{phase:<18}" + "".join(f"{v:>10.2f}" for v in cpu[phase].values()))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.json}")

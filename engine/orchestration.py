@@ -7,6 +7,9 @@
 - a duplicate proposal (same type and name as the current state) is idempotent: ACCEPT with
   nothing to write, provided it comes from the same worker (``details.worker_id``). Workers claim
   a run by proposing Running with their id, so a second claimer is REJECTed, told who holds it;
+- a run that went back to Scheduled because its worker was lost (``details.lost_worker_id``) or
+  handed it back (``details.handed_back_by``) does not take a late Running from that worker: the
+  worker's child may still be alive, and another worker may be about to claim the run;
 - final states (Completed, Failed, Crashed, Cancelled) are left only for a retry
   (AwaitingRetry / Scheduled after Failed or Crashed), or with ``force=True``;
 - otherwise the proposal must be in `TRANSITIONS` (keyed by state *name*, since
@@ -136,6 +139,16 @@ def decide(current: State | None, proposed: State, *, force: bool = False) -> De
             f"run is already {current.name} held by worker {holder!r}"
             f" (proposed by worker {claimer!r})",
         )
+
+    if current.type is StateType.SCHEDULED and proposed.type is StateType.RUNNING:
+        claimer = proposed.details.worker_id
+        extra = current.details.model_extra or {}
+        if claimer is not None and claimer in (extra.get("lost_worker_id"), extra.get("handed_back_by")):
+            return Decision(
+                Status.REJECT,
+                f"worker {claimer!r} gave this run up (lost, or handed it back); it must be "
+                "claimed again before it runs",
+            )
 
     holder = current.details.worker_id
     if (

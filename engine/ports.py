@@ -50,8 +50,16 @@ class EngineAPI(Protocol):
         ...
 
     async def set_flow_run_state(
-        self, flow_run_id: uuid.UUID, state: State, *, force: bool = False
-    ) -> OrchestrationResult: ...
+        self,
+        flow_run_id: uuid.UUID,
+        state: State,
+        *,
+        force: bool = False,
+        logs: list[LogRecord] | None = None,
+    ) -> OrchestrationResult:
+        """Propose `state`; `logs` are written with it (one call for a run's final state and
+        its last log lines)."""
+        ...
 
     async def create_task_run(
         self,

@@ -24,7 +24,9 @@ class RemoteError(engine_errors.FlowrelayError):
 
 
 def _exception_for(error: broker_errors.RpcError) -> Exception:
-    for module in (engine_errors, broker_errors):
+    import automations.errors as automation_errors
+
+    for module in (engine_errors, broker_errors, automation_errors):
         cls = getattr(module, error.type, None)
         if isinstance(cls, type) and issubclass(cls, Exception):
             try:

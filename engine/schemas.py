@@ -100,6 +100,13 @@ class Event(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
     follows: uuid.UUID | None = None
 
+    @field_validator("occurred")
+    @classmethod
+    def _aware(cls, value: dt.datetime) -> dt.datetime:
+        # A time without an offset is read as UTC (as the CLI reads --since): a naive time would
+        # otherwise meet the aware clock of the rule engine and fail there with a TypeError.
+        return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
 
 class OrchestrationResult(BaseModel):
     """The answer to a state proposal."""
@@ -148,58 +155,12 @@ def parse_interval(value: str | float) -> float:
 
 def normalise_schedule(item: Any, where: str = "schedule") -> dict[str, Any]:
     """A schedule as stored: exactly one of ``cron`` (checked by croniter) or ``interval``
-    (seconds), a ``timezone`` (IANA name, default UTC), ``active`` (default true) and, for
-    intervals, an optional ``anchor_date``. `ValueError` naming `where` on anything else."""
-    import zoneinfo
+    (seconds), a ``timezone`` (IANA name, default UTC), ``active`` (default true) and, when
+    given, ``anchor_date``, ``parameters``, ``catchup`` and ``id`` (`engine.scheduler.specs`).
+    `ValueError` naming `where` on anything else."""
+    from engine.scheduler.specs import normalise
 
-    if not isinstance(item, dict):
-        raise ValueError(f"{where}: expected a mapping such as {{cron: '0 2 * * *'}}")
-    unknown = set(item) - {"cron", "interval", "timezone", "active", "anchor_date"}
-    if unknown:
-        raise ValueError(
-            f"{where}: unknown key {sorted(unknown)[0]!r} "
-            "(expected cron or interval, timezone, active, anchor_date)"
-        )
-    if ("cron" in item) == ("interval" in item):
-        raise ValueError(f"{where}: give exactly one of 'cron' or 'interval'")
-    timezone = str(item.get("timezone") or "UTC")
-    try:
-        zoneinfo.ZoneInfo(timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"{where}: timezone {timezone!r} is not a known time zone (such as 'Europe/Paris')"
-        ) from None
-    result: dict[str, Any] = {}
-    if "cron" in item:
-        from croniter import croniter  # type: ignore[import-untyped]
-
-        cron = str(item["cron"]).strip()
-        if not croniter.is_valid(cron):
-            raise ValueError(f"{where}: cron {cron!r} is not a valid cron expression")
-        if "anchor_date" in item:
-            raise ValueError(f"{where}: anchor_date only applies to an interval")
-        result["cron"] = cron
-    else:
-        try:
-            result["interval"] = parse_interval(item["interval"])
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
-        if item.get("anchor_date") is not None:
-            anchor = item["anchor_date"]
-            try:
-                moment = (
-                    anchor
-                    if isinstance(anchor, dt.datetime)
-                    else dt.datetime.fromisoformat(str(anchor))
-                )
-            except ValueError:
-                raise ValueError(
-                    f"{where}: anchor_date {anchor!r} is not an ISO date-time"
-                ) from None
-            result["anchor_date"] = moment.isoformat()
-    result["timezone"] = timezone
-    result["active"] = bool(item.get("active", True))
-    return result
+    return normalise(item, where)
 
 
 class _DeploymentFields(BaseModel):
@@ -233,7 +194,9 @@ class _DeploymentFields(BaseModel):
     @field_validator("schedules")
     @classmethod
     def _normalise_schedules(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [normalise_schedule(item, f"schedules[{i}]") for i, item in enumerate(value)]
+        from engine.scheduler.specs import normalise_all
+
+        return normalise_all(value)
 
     @property
     def full_name(self) -> str:

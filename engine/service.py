@@ -10,7 +10,10 @@ Concurrency:
 - one writer task per service runs the writes, one after another, so they never wait on each
   other's locks inside the process;
 - PostgreSQL: the run row is locked (``SELECT ... FOR UPDATE``) while a proposal is judged, so
-  several servers on one database stay consistent;
+  several servers on one database stay consistent. Their group-commit transactions carry works
+  in whatever order they came, so they can still deadlock: the loser's work is run again, whole,
+  in a fresh transaction (`engine.db.group_commit.RetryPolicy`, settings
+  ``database.conflict_retries`` / ``conflict_backoff_ms``);
 - SQLite: write transactions begin with ``BEGIN IMMEDIATE`` (see `engine.db.engine`), which
   serialises writers across processes.
 - Idempotency keys and caller-chosen task-run ids rely on UNIQUE constraints: the loser of a race
@@ -28,19 +31,22 @@ import contextlib
 import datetime as dt
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import event as sa_event
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from engine import deployments
+from engine import flow_runs as core
 from engine.db import repository as repo
+from engine.db import runs as core_runs
+from engine.db import workers
 from engine.db.engine import create_db_engine, migrate, read_only
-from engine.db.group_commit import GroupCommit, after_commit
+from engine.db.group_commit import GroupCommit, RetryPolicy, after_commit
 from engine.db.models import (
     Base,
     DeploymentRow,
@@ -52,6 +58,7 @@ from engine.db.models import (
     TaskRunRow,
     TaskRunStateRow,
 )
+from engine.deployments.bulk import DueDispatch, dispatch_due
 from engine.errors import (
     InvalidTransition,
     ObjectNotFound,
@@ -59,7 +66,7 @@ from engine.errors import (
     ResultNotSerializable,
     ResultTooLarge,
 )
-from engine.events import flow_run_event, task_run_event
+from engine.events import task_run_event
 from engine.orchestration import Decision, Status, decide
 from engine.runtime.names import generate_name
 from engine.schemas import (
@@ -72,7 +79,7 @@ from engine.schemas import (
     OrchestrationResult,
     TaskRun,
 )
-from engine.states import Pending, Scheduled, State, utcnow
+from engine.states import Crashed, Pending, Scheduled, State, StateType, utcnow
 
 T = TypeVar("T")
 
@@ -94,21 +101,30 @@ def _collect_outbox_rows(session: Session, flush_context: object) -> None:
         return
     rows = [obj for obj in session.new if isinstance(obj, EventRow)]
     if rows:
-        after_commit(session, lambda: hand_over(rows))  # type: ignore[arg-type]
+        after_commit(session, lambda: hand_over(rows))
 
 
 class EngineService:
     """`EngineAPI` over a SQLAlchemy async engine (SQLite or PostgreSQL)."""
 
     def __init__(
-        self, url: str, *, result_max_bytes: int = 1_000_000, busy_timeout_ms: int = 5000
+        self,
+        url: str,
+        *,
+        result_max_bytes: int = 1_000_000,
+        busy_timeout_ms: int = 5000,
+        conflict_retry: RetryPolicy | None = None,
+        parameters_max_bytes: int = 1_000_000,
     ) -> None:
         self.url = url
         self.result_max_bytes = result_max_bytes
+        self.parameters_max_bytes = parameters_max_bytes
         self._busy_timeout_ms = busy_timeout_ms
+        self._conflict_retry = conflict_retry or RetryPolicy()
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._read_sessions: async_sessionmaker[AsyncSession] | None = None
+        self._read_engine: AsyncEngine | None = None
         self._writer: GroupCommit | None = None
         self._commit_listeners: list[Callable[[], None]] = []
         self._event_listeners: list[Callable[[OutboxEvents], None]] = []
@@ -118,10 +134,18 @@ class EngineService:
     # --- life cycle -------------------------------------------------------------------------
     @classmethod
     async def open(
-        cls, url: str, *, result_max_bytes: int = 1_000_000, busy_timeout_ms: int = 5000
+        cls,
+        url: str,
+        *,
+        result_max_bytes: int = 1_000_000,
+        busy_timeout_ms: int = 5000,
+        conflict_retry: RetryPolicy | None = None,
     ) -> EngineService:
         """Create, connect and migrate a service."""
-        service = cls(url, result_max_bytes=result_max_bytes, busy_timeout_ms=busy_timeout_ms)
+        service = cls(
+            url, result_max_bytes=result_max_bytes, busy_timeout_ms=busy_timeout_ms,
+            conflict_retry=conflict_retry,
+        )
         await service.start()
         return service
 
@@ -140,8 +164,11 @@ class EngineService:
             engine, expire_on_commit=False, sync_session_class=_WriteSession,
             info={_HAND_OVER: self._hand_over_rows},
         )
-        self._read_sessions = async_sessionmaker(read_only(engine), expire_on_commit=False)
-        self._writer = GroupCommit(self._sessions, on_commit=self._committed)
+        self._read_engine = read_only(engine)
+        self._read_sessions = async_sessionmaker(self._read_engine, expire_on_commit=False)
+        self._writer = GroupCommit(
+            self._sessions, on_commit=self._committed, retry=self._conflict_retry
+        )
         await self._writer.start()
 
     async def close(self) -> None:
@@ -150,7 +177,7 @@ class EngineService:
             await writer.stop()
         if self._engine is not None:
             engine, self._engine = self._engine, None
-            self._sessions = self._read_sessions = None
+            self._sessions = self._read_sessions = self._read_engine = None
             await engine.dispose()
 
     async def __aenter__(self) -> EngineService:
@@ -176,6 +203,20 @@ class EngineService:
             raise RuntimeError("EngineService is not started: call `await service.start()`")
         return await self._writer.run(work, notify=events)
 
+    async def write(
+        self, work: Callable[[AsyncSession], Awaitable[T]], *, events: bool = True
+    ) -> T:
+        """Run `work(session)` in the service's write transaction (group commit) — for the
+        server's other components that keep their own tables in the same database (automations).
+        Outbox `EventRow`s added by `work` are published like the service's own."""
+        return await self._transact(work, events=events)
+
+    @contextlib.asynccontextmanager
+    async def read_session(self) -> AsyncIterator[AsyncSession]:
+        """A read-only snapshot session (never takes SQLite's write lock)."""
+        async with self._read() as session:
+            yield session
+
     def _committed(self) -> None:
         for listener in self._commit_listeners:
             listener()
@@ -195,6 +236,10 @@ class EngineService:
     def _hand_over_rows(self, rows: list[EventRow]) -> None:
         if self._event_listeners:
             self._hand_over([(repo.event(row), row.routing_key) for row in rows])
+
+    def _hand_over_after_commit(self, session: AsyncSession | Session, events: OutboxEvents) -> None:
+        if events and self._event_listeners:
+            after_commit(session, lambda: self._hand_over(events))
 
     def _hand_over(self, events: OutboxEvents) -> None:
         for listener in self._event_listeners:
@@ -229,7 +274,7 @@ class EngineService:
         used, return that run unchanged."""
         state = state or Pending()
         _raise_if_aborted(decide(None, state), f"new run of flow {flow_name!r}")
-        _check_json(parameters or {}, ParameterValidationError, "flow run parameters")
+        self._check_parameters(parameters)
         self._check_result(state)
 
         async def find_deployment(session: AsyncSession) -> DeploymentRow | None:
@@ -241,7 +286,8 @@ class EngineService:
             return deployment
 
         return await self._create_flow_run(
-            flow_name, find_deployment, parameters, name=name, state=state, tags=tags,
+            flow_name, find_deployment, parameters, deployment_key=deployment_id, name=name,
+            state=state, tags=tags,
             idempotency_key=idempotency_key, parent_task_run_id=parent_task_run_id,
             parent_flow_run_id=parent_flow_run_id, work_pool=work_pool,
             expected_start_time=expected_start_time, caused_by=caused_by,
@@ -253,6 +299,7 @@ class EngineService:
         find_deployment: Callable[[AsyncSession], Awaitable[DeploymentRow | None]],
         parameters: dict[str, Any] | None,
         *,
+        deployment_key: str | uuid.UUID | None,
         state: State,
         idempotency_key: str | None,
         name: str | None = None,
@@ -272,6 +319,17 @@ class EngineService:
 
         async def create(session: AsyncSession) -> FlowRun:
             nonlocal state
+            fast = await session.run_sync(
+                _on_connection, core.create, self._flow_ids, flow_name=flow_name,
+                deployment=deployment_key, parameters=parameters, state=state,
+                idempotency_key=idempotency_key, name=name, tags=tags,
+                parent_task_run_id=parent_task_run_id, parent_flow_run_id=parent_flow_run_id,
+                work_pool=work_pool, expected_start_time=expected_start_time, caused_by=caused_by,
+            )
+            if fast is not None:
+                run, handed = fast
+                self._hand_over_after_commit(session, handed)
+                return run
             if idempotency_key is not None:
                 row = await session.scalar(
                     select(FlowRunRow).where(FlowRunRow.idempotency_key == idempotency_key)
@@ -335,41 +393,67 @@ class EngineService:
             return existing
 
     async def set_flow_run_state(
-        self, flow_run_id: uuid.UUID, state: State, *, force: bool = False
+        self,
+        flow_run_id: uuid.UUID,
+        state: State,
+        *,
+        force: bool = False,
+        logs: list[LogRecord] | None = None,
     ) -> OrchestrationResult:
         """Propose `state` for the run; on ACCEPT it becomes the current state, with its history
-        row and outbox event, in one transaction."""
+        row and outbox event, in one transaction. `logs` (the run's last lines, sent with its
+        final state) are written in that transaction whatever the answer."""
         self._check_result(state)
+        log_rows = [repo.log_row(record) for record in logs or ()]
+        return await self._transact(
+            lambda session: self._propose(session, flow_run_id, state, force=force, logs=log_rows)
+        )
 
-        async def propose(session: AsyncSession) -> OrchestrationResult:
-            row = await session.scalar(
-                select(FlowRunRow).where(FlowRunRow.id == flow_run_id).with_for_update()
+    async def _propose(
+        self,
+        session: AsyncSession,
+        flow_run_id: uuid.UUID,
+        state: State,
+        *,
+        force: bool = False,
+        logs: list[dict[str, Any]] | None = None,
+    ) -> OrchestrationResult:
+        """`set_flow_run_state`'s work, in the caller's write transaction."""
+        fast = await session.run_sync(
+            _on_connection, core.propose, flow_run_id, state, force=force, logs=logs
+        )
+        if fast is not None:
+            answer, handed = fast
+            self._hand_over_after_commit(session, handed)
+            return answer
+        # Deployment bookkeeping (slots, retries, redispatch): the ORM path, nothing written yet.
+        row = await session.scalar(
+            select(FlowRunRow).where(FlowRunRow.id == flow_run_id).with_for_update(key_share=True)
+        )
+        if row is None:
+            raise ObjectNotFound(f"flow run {flow_run_id} not found")
+        current = repo.current_state(row)
+        decision = decide(current, state, force=force)
+        if decision.write:
+            row.updated = utcnow()
+            held_slot = deployments.holds_slot(row)
+            session.add_all(self._enter_flow_run_state(row, state))
+            # Deployment runs: crash retries, back to the pool, a freed slot to a waiting run.
+            await deployments.on_state_entered(
+                session,
+                row,
+                held_slot=held_slot,
+                previous_type=current.type if current is not None else None,
+                enter=self._enter_flow_run_state,
+                now=row.updated,
             )
-            if row is None:
-                raise ObjectNotFound(f"flow run {flow_run_id} not found")
-            decision = decide(repo.current_state(row), state, force=force)
-            if decision.write:
-                row.updated = utcnow()
-                held_slot = deployments.holds_slot(row)
-                session.add_all(self._enter_flow_run_state(row, state))
-                # Deployment runs: crash retries, and a freed slot goes to a waiting run.
-                await deployments.on_state_entered(
-                    session,
-                    row,
-                    held_slot=held_slot,
-                    enter=self._enter_flow_run_state,
-                    now=row.updated,
-                )
-            return _result(decision, repo.flow_run(row))
-
-        return await self._transact(propose)
+        return core.result(decision, repo.flow_run(row))
 
     async def read_flow_run(self, flow_run_id: uuid.UUID) -> FlowRun:
-        async with self._read() as session:
-            row = await session.get(FlowRunRow, flow_run_id)
-            if row is None:
-                raise ObjectNotFound(f"flow run {flow_run_id} not found")
-            return repo.flow_run(row)
+        if self._read_engine is None:
+            raise RuntimeError("EngineService is not started: call `await service.start()`")
+        async with self._read_engine.connect() as conn:
+            return await conn.run_sync(core.read, flow_run_id)
 
     async def read_flow_runs(self, flt: FlowRunFilter | None = None) -> list[FlowRun]:
         """Runs matching `flt`, newest first."""
@@ -469,13 +553,14 @@ class EngineService:
         `scheduled_time` (default now) and dispatched to its pool when due; the same
         `idempotency_key` always returns the same run."""
         state = Scheduled(scheduled_time=scheduled_time or utcnow())
-        _check_json(parameters or {}, ParameterValidationError, "flow run parameters")
+        self._check_parameters(parameters)
 
         async def find_deployment(session: AsyncSession) -> DeploymentRow:
             return await deployments.find(session, name, lock=True)
 
         return await self._create_flow_run(
-            None, find_deployment, parameters, name=flow_run_name, state=state, tags=tags,
+            None, find_deployment, parameters, deployment_key=name, name=flow_run_name,
+            state=state, tags=tags,
             idempotency_key=idempotency_key, parent_task_run_id=parent_task_run_id,
             parent_flow_run_id=parent_flow_run_id, caused_by=caused_by,
         )
@@ -489,6 +574,25 @@ class EngineService:
                 session, flow_run_id, enter=self._enter_flow_run_state, now=utcnow()
             )
         )
+
+    async def dispatch_due(
+        self, run_ids: Sequence[uuid.UUID], *, at: Mapping[uuid.UUID, dt.datetime] | None = None
+    ) -> DueDispatch:
+        """Dispatch the undispatched Scheduled/Late/AwaitingRetry deployment runs among `run_ids`
+        (the server's timer calls it with the runs now due) in one transaction: runs of
+        deployments with a concurrency limit one by one as `dispatch_run` does, the others in
+        bulk (`engine.deployments.bulk`); `at` stages runs ahead of their time (handed over at
+        it). Idempotent; its `busy` runs were locked by another transaction and were not looked
+        at."""
+
+        async def dispatch(session: AsyncSession) -> DueDispatch:
+            done = await dispatch_due(
+                session, run_ids, utcnow(), enter=self._enter_flow_run_state, at=at
+            )
+            self._hand_over_after_commit(session, done.events)  # Core rows: not seen by the ORM
+            return done
+
+        return await self._transact(dispatch)
 
     async def due_runs(self) -> list[tuple[uuid.UUID, dt.datetime]]:
         """Undispatched deployment runs waiting for their start time, with that time."""
@@ -504,6 +608,118 @@ class EngineService:
         """Pending/Running runs claimed by `worker_id` (to crash them when it is lost)."""
         async with self._read() as session:
             return await deployments.runs_held_by(session, worker_id)
+
+    # --- workers (engine/db/workers.py, engine/server/heartbeats.py) ---------------------------
+    async def record_heartbeat(
+        self,
+        worker_id: str,
+        pool: str,
+        flow_run_ids: list[str] | None = None,
+        *,
+        at: dt.datetime | None = None,
+    ) -> None:
+        """Record that `worker_id`, holding `flow_run_ids`, was heard now, or `at` (shared by
+        every server on the database)."""
+        now = at or utcnow()
+        ids = [str(i) for i in flow_run_ids or ()]
+        await self._transact(
+            lambda session: workers.record(session, worker_id, pool, now, ids), events=False
+        )
+
+    async def release_orphaned_claims(self, claimed_before: dt.datetime) -> list[FlowRun]:
+        """Put back to Scheduled (dispatched again, no retry used) the deployment runs Pending
+        since before `claimed_before` that their live worker does not hold (see
+        `engine.db.workers.orphaned_claims`); returns them as they now are."""
+
+        async def release(session: AsyncSession) -> list[FlowRun]:
+            released = []
+            for run_id, worker_id in await workers.orphaned_claims(session, claimed_before):
+                row = await session.scalar(
+                    select(FlowRunRow)
+                    .where(FlowRunRow.id == run_id)
+                    .with_for_update(key_share=True)
+                    .execution_options(populate_existing=True)
+                )
+                current = repo.current_state(row) if row is not None else None
+                if current is None or current.type is not StateType.PENDING:
+                    continue
+                if current.details.worker_id != worker_id or current.timestamp >= claimed_before:
+                    continue  # claimed again since the query
+                state = Scheduled(
+                    message=f"worker {worker_id!r} does not hold this run it claimed (its "
+                    "heartbeats do not list it): scheduled again (no retry used)",
+                    lost_worker_id=worker_id,
+                )
+                answer = await self._propose(session, run_id, state, force=True)
+                await session.flush()
+                session.expunge_all()
+                if isinstance(answer.run, FlowRun):
+                    released.append(answer.run)
+            return released
+
+        return await self._transact(release)
+
+    async def silent_workers(self, before: dt.datetime) -> list[tuple[str, dt.datetime]]:
+        """Workers no server has heard since `before`, with their last heartbeat."""
+        async with self._read() as session:
+            return await workers.silent(session, before)
+
+    async def adopt_held_workers(self) -> int:
+        """Give workers holding runs but never heard (by this database) a heartbeat now."""
+        now = utcnow()
+        return await self._transact(lambda session: workers.adopt_holders(session, now), events=False)
+
+    async def reap_lost_worker(
+        self, worker_id: str, before: dt.datetime, reason: str, *, silent_for_seconds: float = 0.0
+    ) -> list[FlowRun] | None:
+        """If no server heard `worker_id` since `before`, in one transaction: forget it, put back
+        to Scheduled (dispatched again, no retry used) its deployment runs still Pending — claimed
+        but never started — and propose Crashed for its other runs (the deployment's crash
+        retries apply), with `reason` in their messages, and emit ``worker.lost``. None if the
+        worker was heard meanwhile (or another server reaped it); else the runs it held, as they
+        now are."""
+
+        async def reap(session: AsyncSession) -> list[FlowRun] | None:
+            if not await workers.take_if_silent(session, worker_id, before):
+                return None
+            handled = []
+            for run_id in await workers.held_runs(session, worker_id):
+                row = await session.scalar(
+                    select(FlowRunRow)
+                    .where(FlowRunRow.id == run_id)
+                    .with_for_update(key_share=True)
+                    .execution_options(populate_existing=True)
+                )
+                current = repo.current_state(row) if row is not None else None
+                if row is None or current is None or current.details.worker_id != worker_id:
+                    continue  # changed since the query
+                if current.type is StateType.PENDING and row.deployment_id is not None:
+                    # Forced (Pending -> Scheduled is no worker's transition), under the row lock.
+                    state = Scheduled(
+                        message=f"{reason}; it never started: scheduled again (no retry used)",
+                        lost_worker_id=worker_id,
+                    )
+                    answer = await self._propose(session, run_id, state, force=True)
+                elif current.type in (StateType.PENDING, StateType.RUNNING):
+                    answer = await self._propose(
+                        session, run_id, Crashed(message=f"{reason}; its run is presumed lost")
+                    )
+                else:
+                    continue
+                await session.flush()
+                session.expunge_all()  # the Core path may have changed rows the ORM holds
+                if isinstance(answer.run, FlowRun):
+                    handled.append(answer.run)
+            if handled:
+                event = Event(
+                    event="worker.lost", resource={"id": f"worker/{worker_id}"},
+                    payload={"runs": [str(r.id) for r in handled], "reason": reason,
+                             "silent_for_seconds": silent_for_seconds},
+                )
+                session.add(EventRow(**repo.event_values(event)))
+            return handled
+
+        return await self._transact(reap)
 
     # --- task runs --------------------------------------------------------------------------
     async def create_task_run(
@@ -576,7 +792,7 @@ class EngineService:
 
         async def propose(session: AsyncSession) -> OrchestrationResult:
             row = await session.scalar(
-                select(TaskRunRow).where(TaskRunRow.id == task_run_id).with_for_update()
+                select(TaskRunRow).where(TaskRunRow.id == task_run_id).with_for_update(key_share=True)
             )
             if row is None:
                 raise ObjectNotFound(f"task run {task_run_id} not found")
@@ -586,7 +802,7 @@ class EngineService:
                 assert flow_row is not None  # guaranteed by the foreign key
                 row.updated = utcnow()
                 session.add_all(self._enter_task_run_state(row, state, flow_row))
-            return _result(decision, repo.task_run(row))
+            return core.result(decision, repo.task_run(row))
 
         return await self._transact(propose)
 
@@ -653,14 +869,24 @@ class EngineService:
         async with self._read() as session:
             return [repo.event(row) for row in await session.scalars(query)]
 
-    async def unsent_events(self, limit: int = 100) -> list[tuple[Event, str]]:
-        """Committed events not yet marked sent, in outbox order, with their routing keys."""
-        query = (
-            select(EventRow)
-            .where(EventRow.sent_at.is_(None))
-            .order_by(EventRow.position)
-            .limit(limit)
-        )
+    async def unsent_events(
+        self,
+        limit: int | None = 100,
+        *,
+        until: dt.datetime | None = None,
+        after: dt.datetime | None = None,
+    ) -> list[tuple[Event, str]]:
+        """Committed events not yet marked sent, in outbox order, with their routing keys.
+        `until`: without the work dispatches that occur after it; `after`: only the work
+        dispatches that occur after it (staged ahead of their time: `engine.server.relay`)."""
+        query = select(EventRow).where(EventRow.sent_at.is_(None)).order_by(EventRow.position)
+        dispatch = EventRow.routing_key.startswith("dispatch.")  # engine.server.relay.DISPATCH_PREFIX
+        if until is not None:
+            query = query.where(or_(EventRow.occurred <= until, ~dispatch))
+        if after is not None:
+            query = query.where(EventRow.occurred > after, dispatch)
+        if limit is not None:
+            query = query.limit(limit)
         async with self._read() as session:
             return [(repo.event(row), row.routing_key) for row in await session.scalars(query)]
 
@@ -668,9 +894,9 @@ class EngineService:
         """Record that the broker confirmed these events."""
         if not event_ids:
             return
-        stmt = (
-            update(EventRow)
-            .where(EventRow.id.in_(list(event_ids)), EventRow.sent_at.is_(None))
+        stmt = (  # Core: no session objects to synchronise
+            update(core_runs.EVENTS)
+            .where(core_runs.EVENTS.c.id.in_(list(event_ids)), core_runs.EVENTS.c.sent_at.is_(None))
             .values(sent_at=utcnow())
         )
 
@@ -706,17 +932,13 @@ class EngineService:
     def _enter_flow_run_state(self, row: FlowRunRow, state: State) -> list[Base]:
         """Make `state` current on `row`; returns the history and outbox rows to insert (after
         `row` itself, which they reference)."""
-        stored = _stored_state(state, flow_run_id=row.id)
-        repo.enter_state(row, stored)
-        event = flow_run_event(
-            repo.flow_run(row), stored, seq=row.event_seq + 1, follows=row.last_event_id
-        )
-        return [_history_row(FlowRunStateRow, stored, flow_run_id=row.id), _event_row(row, event)]
+        history, _, values, _ = core.enter(row, state)
+        return [FlowRunStateRow(**history), EventRow(**values)]
 
     def _enter_task_run_state(
         self, row: TaskRunRow, state: State, flow_row: FlowRunRow
     ) -> list[Base]:
-        stored = _stored_state(state, flow_run_id=row.flow_run_id, task_run_id=row.id)
+        stored = core.stored_state(state, flow_run_id=row.flow_run_id, task_run_id=row.id)
         repo.enter_state(row, stored)
         if stored.details.child_flow_run_id is not None:
             row.child_flow_run_id = stored.details.child_flow_run_id
@@ -728,7 +950,12 @@ class EngineService:
             seq=row.event_seq + 1,
             follows=row.last_event_id,
         )
-        return [_history_row(TaskRunStateRow, stored, task_run_id=row.id), _event_row(row, event)]
+        row.event_seq += 1
+        row.last_event_id = event.id
+        return [
+            TaskRunStateRow(**core.history_values(stored, task_run_id=row.id)),
+            EventRow(**repo.event_values(event)),
+        ]
 
     def _check_result(self, state: State) -> None:
         if state.data is None:
@@ -740,6 +967,20 @@ class EngineService:
                 "(raise results.max_bytes, or return a reference such as a file path)"
             )
 
+    def _check_parameters(self, parameters: dict[str, Any] | None) -> None:
+        size = _check_json(parameters or {}, ParameterValidationError, "flow run parameters")
+        if size > self.parameters_max_bytes:
+            raise ParameterValidationError(
+                f"flow run parameters are {size:,} bytes as JSON, over the limit of "
+                f"{self.parameters_max_bytes:,} bytes (parameters.max_bytes): pass a reference "
+                "(a file path, a URL, an id) instead of the data"
+            )
+
+
+def _on_connection(session: Session, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(connection, ...)` on the session's connection (in its transaction)."""
+    return fn(session.connection(), *args, **kwargs)
+
 
 def _check_json(value: Any, error: type[Exception], what: str) -> int:
     """Size in bytes of `value` as JSON; `error` if it is not JSON-serialisable."""
@@ -749,49 +990,9 @@ def _check_json(value: Any, error: type[Exception], what: str) -> int:
         raise error(f"{what} must be JSON-serialisable: {exc}") from exc
 
 
-def _stored_state(state: State, **links: uuid.UUID) -> State:
-    """A copy of `state` as stored: details linked to its run."""
-    details = state.details.model_copy(update=links)
-    return State(
-        type=state.type,
-        name=state.name,
-        message=state.message,
-        timestamp=state.timestamp,
-        details=details,
-        data=state.data,
-    )
-
-
-def _event_row(row: FlowRunRow | TaskRunRow, event: Event) -> EventRow:
-    """The outbox row for `event`, chained after the run's previous event."""
-    row.event_seq += 1
-    row.last_event_id = event.id
-    return EventRow(**repo.event_values(event))
-
-
-def _history_row(
-    cls: type[FlowRunStateRow] | type[TaskRunStateRow], state: State, **link: uuid.UUID
-) -> FlowRunStateRow | TaskRunStateRow:
-    return cls(
-        type=state.type.value,
-        name=state.name,
-        message=state.message,
-        timestamp=state.timestamp,
-        details=repo.details_json(state.details),
-        data=state.data,
-        **link,
-    )
-
-
 def _raise_if_aborted(decision: Decision, what: str) -> None:
     if decision.status is Status.ABORT:
         raise InvalidTransition(f"{what}: {decision.reason}")
-
-
-def _result(decision: Decision, run: FlowRun | TaskRun) -> OrchestrationResult:
-    return OrchestrationResult(
-        status=decision.status.value, state=run.state, reason=decision.reason, run=run
-    )
 
 
 __all__ = ["EngineService", "OutboxEvents"]

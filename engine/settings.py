@@ -53,6 +53,11 @@ class DatabaseSettings(_Section):
     #: SQLAlchemy async URL; empty means SQLite in `home` (filled in by `Settings`).
     url: str = ""
     busy_timeout_ms: int = Field(5000, ge=0)
+    #: A write that loses a deadlock or serialization failure (PostgreSQL, several servers) is
+    #: run again in a fresh transaction, up to this many times, after a random pause of up to
+    #: `conflict_backoff_ms` doubled at each retry (at most 1 s).
+    conflict_retries: int = Field(5, ge=0)
+    conflict_backoff_ms: float = Field(20, ge=0)
 
 
 class BrokerSettings(_Section):
@@ -67,6 +72,12 @@ class BrokerSettings(_Section):
 
 
 class ResultsSettings(_Section):
+    max_bytes: int = Field(1_000_000, ge=0)
+
+
+class ParametersSettings(_Section):
+    #: The largest parameters a flow run may be created with (bytes of JSON): they travel with
+    #: the run's events and dispatch messages, so data belongs elsewhere, passed by reference.
     max_bytes: int = Field(1_000_000, ge=0)
 
 
@@ -86,10 +97,20 @@ class LoggingSettings(_Section):
 class RuntimeSettings(_Section):
     task_threads: int = Field(16, ge=1)
     wait_timeout_seconds: float = Field(3600, gt=0)
+    #: How long a finished flow run keeps reporting its final state while the engine is
+    #: unreachable (broker restarting) before giving up.
+    report_timeout_seconds: float = Field(300, gt=0)
 
 
 class ServerSettings(_Section):
     heartbeat_timeout_seconds: float = Field(30, gt=0)
+    #: A schedule's run still not started this long after its time goes Late (and still runs).
+    late_after_seconds: float = Field(15, ge=0)
+    #: Runs each schedule keeps created ahead (shown as Scheduled with their time).
+    scheduled_runs_ahead: int = Field(3, ge=1, le=100)
+    #: A due run's database work is done this long before its time; its work message is still
+    #: published at its time (a cron minute of 10,000 runs costs only the publishes). 0: off.
+    dispatch_ahead_seconds: float = Field(5, ge=0, le=60)
 
 
 class WorkerSettings(_Section):
@@ -99,7 +120,58 @@ class WorkerSettings(_Section):
 
 
 class AutomationsSettings(_Section):
+    #: Rule files, or folders of *.yaml files, loaded by the server at start (relative paths are
+    #: relative to the working directory).
     paths: list[str] = Field(default_factory=list)
+    #: Run the rule engine inside `flowrelay server` (and the embedded mode).
+    enabled: bool = True
+    #: Events the rule engine takes from its queue before acknowledging them.
+    prefetch: int = Field(default=256, ge=1)
+    #: Hosts `call-webhook` actions may reach (exact names, or `*.example.com`). Empty: none.
+    webhook_allow_hosts: list[str] = Field(default_factory=list)
+    #: The longest an action may take (run-deployment, webhook ...), in seconds.
+    action_timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class ApiTokens(_Section):
+    #: Bearer tokens that may read (GET endpoints, /metrics, the event stream).
+    read: list[str] = Field(default_factory=list)
+    #: Bearer tokens that may read and write (run, pause, cancel, POST /api/events).
+    write: list[str] = Field(default_factory=list)
+
+    @field_validator("read", "write")
+    @classmethod
+    def _non_empty(cls, value: list[str]) -> list[str]:
+        if any(not token.strip() for token in value):
+            raise ValueError("a token cannot be empty or blank")
+        return value
+
+    @property
+    def any(self) -> bool:
+        return bool(self.read or self.write)
+
+
+class ApiSettings(_Section):
+    """The HTTP API, web UI and /metrics served by `flowrelay server` (`engine.api`)."""
+
+    #: Serve the API from `flowrelay server` and `flowrelay dev` (the embedded mode of scripts
+    #: and the demo never does).
+    enabled: bool = True
+    #: Address to bind. Without tokens only a loopback address is allowed.
+    host: str = "127.0.0.1"
+    #: TCP port; 0 picks a free one (logged at start).
+    port: int = Field(4200, ge=0, le=65535)
+    tokens: ApiTokens = Field(default_factory=ApiTokens)
+    #: Origins allowed by CORS (e.g. ``https://grafana.example.com``); empty: CORS off.
+    cors_origins: list[str] = Field(default_factory=list)
+    #: The largest event POST /api/events accepts (bytes of JSON, per event).
+    max_event_bytes: int = Field(64_000, ge=256)
+    #: The most events one POST /api/events may carry.
+    max_batch: int = Field(100, ge=1, le=10_000)
+    #: Seconds between keep-alive comments on GET /api/stream.
+    stream_keepalive_seconds: float = Field(15, gt=0)
+    #: Events buffered per stream client; a client that falls this far behind is dropped.
+    stream_buffer: int = Field(1000, ge=1)
 
 
 class Settings(BaseSettings):
@@ -117,11 +189,13 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     results: ResultsSettings = Field(default_factory=ResultsSettings)
+    parameters: ParametersSettings = Field(default_factory=ParametersSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     automations: AutomationsSettings = Field(default_factory=AutomationsSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     deployments: list[dict[str, Any]] = Field(default_factory=list)
 
     @classmethod
@@ -174,9 +248,7 @@ def mask_secrets(value: Any) -> Any:
     and the whole value of any key containing password/token/secret."""
     if isinstance(value, Mapping):
         return {
-            key: (
-                MASK if is_secret_key(str(key)) and item not in (None, "") else mask_secrets(item)
-            )
+            key: _mask_all(item) if is_secret_key(str(key)) else mask_secrets(item)
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):
@@ -184,6 +256,16 @@ def mask_secrets(value: Any) -> Any:
     if isinstance(value, str):
         return mask_url_passwords(value)
     return value
+
+
+def _mask_all(value: Any) -> Any:
+    """Every leaf of `value` masked, its shape kept (``{"read": ["****"], "write": []}``, so an
+    empty list of tokens still reads as empty)."""
+    if isinstance(value, Mapping):
+        return {key: _mask_all(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask_all(item) for item in value]
+    return MASK if value not in (None, "") else value
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -348,10 +430,13 @@ def reset_settings() -> None:
 
 
 __all__ = [
+    "ApiSettings",
+    "ApiTokens",
     "AutomationsSettings",
     "BrokerSettings",
     "DatabaseSettings",
     "LoggingSettings",
+    "ParametersSettings",
     "ResultsSettings",
     "RuntimeSettings",
     "ServerSettings",

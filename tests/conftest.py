@@ -6,6 +6,7 @@ Locally they skip when the service is missing; with CI set they fail instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -85,11 +86,19 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
         return
     require_service("PostgreSQL", POSTGRES_URL, 5432)
+    with fresh_postgres_database() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str = "flowrelay_test") -> Iterator[str]:
+    """Create a uniquely named database on the test PostgreSQL server, yield its SQLAlchemy URL,
+    drop it afterwards (with any connections still open)."""
     import asyncio
 
     import asyncpg  # type: ignore[import-untyped]
 
-    dbname = f"flowrelay_test_{uuid.uuid4().hex[:12]}"
+    dbname = f"{prefix}_{uuid.uuid4().hex[:12]}"
     plain = POSTGRES_URL.replace("postgresql+asyncpg", "postgresql")
 
     async def _admin(sql: str) -> None:
@@ -100,11 +109,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
             await conn.close()
 
     asyncio.run(_admin(f'CREATE DATABASE "{dbname}"'))
-    base = POSTGRES_URL.rsplit("/", 1)[0]
     try:
-        yield f"{base}/{dbname}"
+        yield f"{POSTGRES_URL.rsplit('/', 1)[0]}/{dbname}"
     finally:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def postgres_db(postgres_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database (its URL), dropped after the test."""
+    with fresh_postgres_database() as url:
+        yield url
 
 
 # --- running the CLI in process (tests/cli, tests/deployments) ---------------------------------

@@ -20,3 +20,10 @@ def test_demo_runs_the_flow_of_flows(tmp_path: Path) -> None:
     assert "parent-flow finished Completed: D[B(b-" in proc.stdout
     for name in ("upstream-d", "downstream", "A/demo", "B/demo", "C/demo", "D/demo"):
         assert name in proc.stdout
+    # act 2: the same chain launched by automations only, a live table, then the graph
+    assert "applied automations: downstream-after-upstream, fan-out-after-A, D-after-B-and-C" in proc.stdout
+    assert "chain finished in" in proc.stdout
+    graph = proc.stdout.split("flowrelay graph", 1)[1]
+    assert "A/demo --[on Completed of deployment=A/demo]--> B/demo" in graph
+    assert "B/demo --[all of B/demo, C/demo per payload.parameters.batch_id within 10m]--> D/demo" in graph
+    assert "upstream-data-preparation/demo --[on Completed" in graph

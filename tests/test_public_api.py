@@ -17,3 +17,10 @@ def test_state_constructors():
     assert not states.Running().is_final()
     assert repr(states.Completed()) == "Completed()"
     assert repr(states.AwaitingRetry(message="x")) == "AwaitingRetry(message='x', type=SCHEDULED)"
+
+
+def test_automations_api_imports():
+    import automations
+
+    for name in automations.__all__:
+        assert getattr(automations, name) is not None, name

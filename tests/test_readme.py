@@ -73,6 +73,7 @@ def test_quick_start_has_exactly_two_setup_commands() -> None:
     assert [line.split()[0:2] for line in block.strip().splitlines()] == [["make", "demo"], ["make", "test"]]
 
 
+@pytest.mark.timeout(360)  # dozens of CLI processes, each paying its interpreter start
 def test_readme_commands_run(tmp_path: Path) -> None:
     env = _env(tmp_path)
     flowrelay = str(Path(sys.executable).with_name("flowrelay"))

@@ -37,6 +37,8 @@ def parse_dispatch(body: bytes) -> Dispatch:
         data = json.loads(body)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise BadDispatch(f"dispatch message is not JSON: {exc}") from None
+    except RecursionError:  # `[[[[...`: not a ValueError
+        raise BadDispatch("dispatch message is JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise BadDispatch(f"dispatch message must be a JSON object, not {type(data).__name__}")
     payload = data.get("payload")

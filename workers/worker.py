@@ -11,7 +11,8 @@ Per dispatch message (docs/protocol.md, "Work"):
 2. wait for one of `concurrency` slots (the message stays unacked meanwhile, so prefetch keeps
    the broker from pushing more than the worker can start);
 3. claim the run: propose ``Pending(worker_id=W)``. REJECT (claimed elsewhere, or no longer
-   runnable) → ack and move on; a broker/RPC failure → nack with requeue (try again later);
+   runnable) → ack and move on; a broker/RPC failure → propose it again (a claim by the same
+   worker is idempotent), up to 3 times, then nack with requeue (try again later);
    an unknown run → dead-letter;
 4. ACCEPT → ack at once (an ack is never held for a run: RabbitMQ's `consumer_timeout` would
    close the channel) and execute the run in a warm child (`mode="process"`) or in this process
@@ -45,7 +46,7 @@ from engine.broker.topology import DEFAULT_DELIVERY_LIMIT, QueueSpec, build_topo
 from engine.errors import ObjectNotFound
 from engine.logging import get_logger
 from engine.ports import EngineAPI
-from engine.schemas import FlowRun
+from engine.schemas import FlowRun, OrchestrationResult
 from engine.states import Crashed, Failed, Pending, Scheduled, State, StateType
 from workers.child_main import REMOTE_API, ChildConfig
 from workers.children import ChildExited, ChildPool, Finished, NoChild, StartMethod
@@ -310,10 +311,7 @@ class Worker:
             run = self._runs[dispatch.flow_run_id] = _Run(dispatch)
             reserved = True
             try:
-                async with asyncio.timeout(self.claim_timeout):
-                    answer = await self.api.set_flow_run_state(
-                        dispatch.flow_run_id, Pending(worker_id=self.worker_id)
-                    )
+                answer = await self._claim(dispatch.flow_run_id, log)
             except ObjectNotFound as exc:
                 self.stats.dead_lettered += 1
                 log.warning("dead-lettering a dispatch for an unknown flow run", reason=str(exc))
@@ -344,6 +342,26 @@ class Worker:
                 if reserved:
                     del self._runs[dispatch.flow_run_id]
                 await self._give_slot()
+
+    async def _claim(self, flow_run_id: uuid.UUID, log: Any) -> OrchestrationResult:
+        """Propose ``Pending(worker_id=W)``; after a transient failure, propose it again.
+
+        A failure may come after the server committed the claim (killed before its reply): the
+        run is then ours, and only we can learn it — a retry by the same worker is an accepted
+        duplicate, whereas a requeued dispatch would reach another worker, be refused as
+        "claimed elsewhere" and leave the run Pending for good."""
+        for attempt in range(_REPORT_ATTEMPTS):
+            try:
+                async with asyncio.timeout(self.claim_timeout):
+                    return await self.api.set_flow_run_state(
+                        flow_run_id, Pending(worker_id=self.worker_id)
+                    )
+            except _TRANSIENT as exc:
+                if attempt + 1 == _REPORT_ATTEMPTS or self._stopping:
+                    raise
+                log.warning("claim failed; proposing it again", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     async def _take_slot(self) -> bool:
         async with self._slots:

@@ -13,10 +13,11 @@ without settling and settle later (e.g. once a run is claimed in the database).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
@@ -162,6 +163,12 @@ class Broker(ABC):
         """Cancel this broker's consumers (unsettled deliveries are requeued) and disconnect."""
 
     @abstractmethod
+    def connected_for(self) -> float:
+        """Seconds this broker has been connected without a break (since `connect()` or the last
+        reconnect); 0.0 while it is not connected. A process that judges others by what it
+        hears from them (heartbeats) judges nobody for the time it could hear nothing."""
+
+    @abstractmethod
     async def declare_exchange(
         self, name: str, type: ExchangeType = "topic", *, durable: bool = True
     ) -> None: ...
@@ -199,17 +206,45 @@ class Broker(ABC):
         content_type: str = "application/json",
         persistent: bool = True,
         mandatory: bool = True,
+        confirm: bool = True,
         timeout: float = DEFAULT_PUBLISH_TIMEOUT,  # noqa: ASYNC109 - bounds the confirm wait
     ) -> None:
         """Publish and return once the broker has confirmed. `exchange=""` is the default
         exchange (routing key = queue name). Raises `Unroutable` (mandatory, no queue took it),
         `PublishTimeout`, `PublishRejected`, `TopologyError` (no such exchange) or
-        `BrokerUnavailable`."""
+        `BrokerUnavailable`.
+
+        `confirm=False` returns once the message is written, without the broker's confirm (and
+        so without `Unroutable`): only for messages whose loss the receiver notices by itself,
+        such as RPC replies (the caller times out)."""
+
+    async def publish_many(
+        self,
+        exchange: str,
+        messages: Sequence[tuple[str, bytes, str | None, bool]],
+        *,
+        timeout: float = DEFAULT_PUBLISH_TIMEOUT,  # noqa: ASYNC109 - bounds the confirm waits
+    ) -> list[BaseException | None]:
+        """Publish `(routing key, body, message id, mandatory)` messages, persistent and
+        confirmed, all at once; each one's outcome in order: None (confirmed) or the error
+        `publish` would have raised for it."""
+        return list(await asyncio.gather(
+            *(self.publish(exchange, key, body, message_id=message_id, mandatory=mandatory,
+                           timeout=timeout)
+              for key, body, message_id, mandatory in messages),
+            return_exceptions=True,
+        ))
 
     @abstractmethod
-    async def consume(self, queue: str, handler: Handler, *, prefetch: int = 10) -> Consumer:
+    async def consume(
+        self, queue: str, handler: Handler, *, prefetch: int = 10, auto_ack: bool = False
+    ) -> Consumer:
         """Deliver messages of `queue` to `handler`, at most `prefetch` unsettled at a time
-        (0 = unlimited). Each delivery runs in its own task."""
+        (0 = unlimited). Each delivery runs in its own task.
+
+        `auto_ack=True`: the broker forgets each message as it delivers it (no prefetch limit,
+        settling is a no-op, nothing is redelivered): only for a process's own temporary queues
+        (RPC replies, a waiter's events), which die with it anyway."""
 
     @abstractmethod
     async def purge(self, queue: str) -> int:

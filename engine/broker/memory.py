@@ -18,8 +18,9 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
+import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 from weakref import WeakValueDictionary
 
@@ -78,8 +79,27 @@ class _Exchange:
     def __init__(self, spec: ExchangeSpec) -> None:
         self.spec = spec
         self.bindings: dict[tuple[str, str], None] = {}  # (queue, key), insertion-ordered set
+        #: routing key -> queues, until the bindings change (`bind` / `unbind`)
+        self._routes: dict[str, list[str]] = {}
+
+    def bind(self, queue: str, key: str) -> None:
+        self.bindings[(queue, key)] = None
+        self._routes.clear()
+
+    def unbind_queue(self, queue: str) -> None:
+        for key in [k for k in self.bindings if k[0] == queue]:
+            del self.bindings[key]
+        self._routes.clear()
 
     def route(self, routing_key: str) -> list[str]:
+        routes = self._routes.get(routing_key)
+        if routes is None:
+            routes = self._routes[routing_key] = self._route(routing_key)
+            if len(self._routes) > 4096:  # keys with ids in them: keep it bounded
+                self._routes.clear()
+        return routes
+
+    def _route(self, routing_key: str) -> list[str]:
         matched: dict[str, None] = {}
         for queue, key in self.bindings:
             if (
@@ -110,7 +130,12 @@ class _Queue:
         self.dispatch()
 
     def dispatch(self) -> None:
-        """Hand ready messages to consumers with spare prefetch, round robin."""
+        """Hand ready messages to consumers with spare prefetch, round robin (only to the
+        oldest consumer on a single-active-consumer queue)."""
+        if self.spec.single_active_consumer:
+            while self.ready and self.consumers and self.consumers[0].has_capacity():
+                self.consumers[0].deliver(self.ready.popleft())
+            return
         while self.ready and self.consumers:
             count = len(self.consumers)
             for offset in range(count):
@@ -215,22 +240,31 @@ class MemoryServer:
         if queue is None:
             return
         for exchange in self.exchanges.values():
-            for key in [k for k in exchange.bindings if k[0] == name]:
-                del exchange.bindings[key]
+            exchange.unbind_queue(name)
         for consumer in list(queue.consumers):
             consumer.detach()  # like basic.cancel from the server: unsettled messages go too
         queue.consumers.clear()
         queue.ready.clear()
 
 
+async def _settled_already(action: SettleAction, requeue: bool) -> None:
+    """Settling an auto-acked delivery: nothing to do."""
+
+
 class _MemoryConsumer:
     def __init__(
-        self, broker: MemoryBroker, queue: _Queue, handler: Handler, prefetch: int
+        self,
+        broker: MemoryBroker,
+        queue: _Queue,
+        handler: Handler,
+        prefetch: int,
+        auto_ack: bool = False,
     ) -> None:
         self._broker = broker
         self._queue = queue
         self._handler = handler
-        self._prefetch = prefetch
+        self._prefetch = 0 if auto_ack else prefetch
+        self._auto_ack = auto_ack
         self._unacked: dict[int, _Envelope] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._tag = 0
@@ -246,7 +280,8 @@ class _MemoryConsumer:
 
     def deliver(self, envelope: _Envelope) -> None:
         self._tag += 1
-        self._unacked[self._tag] = envelope
+        if not self._auto_ack:
+            self._unacked[self._tag] = envelope
         headers = dict(envelope.headers)
         if self._queue.spec.quorum:
             headers["x-delivery-count"] = envelope.delivery_count
@@ -260,7 +295,7 @@ class _MemoryConsumer:
             reply_to=envelope.reply_to,
             content_type=envelope.content_type,
             redelivered=envelope.redelivered,
-            settle=functools.partial(self._settle, self._tag),
+            settle=_settled_already if self._auto_ack else functools.partial(self._settle, self._tag),
         )
         task = asyncio.get_running_loop().create_task(
             run_handler(self._handler, message, self.queue), name=f"memory-consumer:{self.queue}"
@@ -315,13 +350,19 @@ class MemoryBroker(Broker):
     def __init__(self, server: MemoryServer | None = None) -> None:
         self.server = server if server is not None else MemoryServer()
         self._open = False
+        self._opened_at = 0.0
         self._consumers: set[_MemoryConsumer] = set()
 
     def __repr__(self) -> str:
         return f"<MemoryBroker open={self._open} queues={len(self.server.queues)}>"
 
     async def connect(self) -> None:
+        if not self._open:
+            self._opened_at = time.monotonic()
         self._open = True
+
+    def connected_for(self) -> float:
+        return time.monotonic() - self._opened_at if self._open else 0.0
 
     async def close(self) -> None:
         if not self._open:
@@ -383,7 +424,7 @@ class MemoryBroker(Broker):
         target = self.server.exchanges.get(exchange)
         if target is None:
             raise TopologyError(f"cannot bind {queue!r} to {exchange!r}: no such exchange")
-        target.bindings[(queue, routing_key)] = None
+        target.bind(queue, routing_key)
 
     async def publish(
         self,
@@ -398,9 +439,47 @@ class MemoryBroker(Broker):
         content_type: str = "application/json",
         persistent: bool = True,
         mandatory: bool = True,
+        confirm: bool = True,
         timeout: float = DEFAULT_PUBLISH_TIMEOUT,  # noqa: ASYNC109 - bounds the confirm wait
     ) -> None:
         self._check_open()
+        self._put(exchange, routing_key, body, headers=headers, message_id=message_id,
+                  correlation_id=correlation_id, reply_to=reply_to, content_type=content_type,
+                  mandatory=mandatory and confirm)  # unconfirmed: an unroutable one is dropped
+        await asyncio.sleep(0)  # a publish is I/O elsewhere: let consumers run
+
+    async def publish_many(
+        self,
+        exchange: str,
+        messages: Sequence[tuple[str, bytes, str | None, bool]],
+        *,
+        timeout: float = DEFAULT_PUBLISH_TIMEOUT,  # noqa: ASYNC109 - the same as publish's
+    ) -> list[BaseException | None]:
+        self._check_open()
+        outcomes: list[BaseException | None] = []
+        for routing_key, body, message_id, mandatory in messages:
+            try:
+                self._put(exchange, routing_key, body, message_id=message_id, mandatory=mandatory)
+            except (Unroutable, TopologyError, TypeError) as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        await asyncio.sleep(0)
+        return outcomes
+
+    def _put(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+        content_type: str = "application/json",
+        mandatory: bool,
+    ) -> None:
         if not isinstance(body, bytes | bytearray | memoryview):
             raise TypeError(f"message body must be bytes, not {type(body).__name__}")
         queues = self.server.route(exchange, routing_key)
@@ -422,14 +501,15 @@ class MemoryBroker(Broker):
         )
         for queue in queues:
             queue.put(envelope.copy())
-        await asyncio.sleep(0)  # a publish is I/O elsewhere: let consumers run
 
-    async def consume(self, queue: str, handler: Handler, *, prefetch: int = 10) -> _MemoryConsumer:
+    async def consume(
+        self, queue: str, handler: Handler, *, prefetch: int = 10, auto_ack: bool = False
+    ) -> _MemoryConsumer:
         self._check_open()
         if prefetch < 0:
             raise ValueError("prefetch must be >= 0 (0 = unlimited)")
         target = self._queue(queue)
-        consumer = _MemoryConsumer(self, target, handler, prefetch)
+        consumer = _MemoryConsumer(self, target, handler, prefetch, auto_ack)
         self._consumers.add(consumer)
         target.consumers.append(consumer)
         target.had_consumer = True

@@ -5,7 +5,9 @@ What it does, and why (see /RELIABILITY.md):
   and consumers; we write no reconnection logic of our own.
 - One publishing channel with publisher confirms and `on_return_raises=True`: `publish` returns
   once RabbitMQ has the message, raises `Unroutable` for a mandatory message no queue took, and
-  is bounded by `timeout` (a publish on a broken robust connection can otherwise hang).
+  is bounded by `timeout` (a publish on a broken robust connection can otherwise hang). A second
+  one without confirms for `publish(confirm=False)` (RPC replies: the caller's timeout covers a
+  lost one), which spares the broker and us a confirm per message.
 - One channel per consumer, with its own prefetch (`basic.qos`) and manual acks. Cancelling a
   consumer closes its channel, so its unsettled deliveries are requeued (`redelivered=True`).
 - Declarations, purges and deletes run on a short-lived plain channel: a refused declaration
@@ -22,6 +24,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -97,7 +100,9 @@ class RabbitMQBroker(Broker):
         self._connection_name = connection_name
         self._timeout = operation_timeout
         self._connection: AbstractRobustConnection | None = None
+        self._connected_at = 0.0
         self._publisher: AbstractRobustChannel | None = None
+        self._unconfirmed: AbstractRobustChannel | None = None
         self._publisher_lock = asyncio.Lock()
         self._consumers: set[_RabbitConsumer] = set()
         # What we declared, so a consumer's channel can re-declare an exclusive queue and its
@@ -134,6 +139,18 @@ class RabbitMQBroker(Broker):
                 "credentials right? (`rabbitmq-server -detached`, or `docker compose up rabbitmq`)"
             ) from exc
         self._connection = connection
+        self._connected_at = time.monotonic()
+        connection.reconnect_callbacks.add(self._on_reconnect)
+
+    def _on_reconnect(self, *_: Any) -> None:
+        self._connected_at = time.monotonic()
+        log.info("reconnected to RabbitMQ at %s (%s)", mask_url(self._url), self._connection_name)
+
+    def connected_for(self) -> float:
+        connection = self._connection
+        if connection is None or connection.is_closed or not connection.connected.is_set():
+            return 0.0
+        return time.monotonic() - self._connected_at
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
@@ -142,10 +159,12 @@ class RabbitMQBroker(Broker):
         for consumer in list(self._consumers):
             await consumer.cancel()
         publisher, self._publisher = self._publisher, None
+        unconfirmed, self._unconfirmed = self._unconfirmed, None
         with contextlib.suppress(TimeoutError, *_CONNECTION_ERRORS):
             async with asyncio.timeout(self._timeout):
-                if publisher is not None:
-                    await publisher.close()
+                for channel in (publisher, unconfirmed):
+                    if channel is not None:
+                        await channel.close()
                 await connection.close()
 
     def _require(self) -> AbstractRobustConnection:
@@ -238,20 +257,28 @@ class RabbitMQBroker(Broker):
 
     # -- publishing ------------------------------------------------------------------------
 
-    async def _publish_channel(self) -> AbstractRobustChannel:
+    async def _publish_channel(self, confirm: bool = True) -> AbstractRobustChannel:
+        channel = self._publisher if confirm else self._unconfirmed
+        connection = self._require()
+        if channel is not None and not channel.is_closed and connection.connected.is_set():
+            return channel  # the common case, without the lock
         async with self._publisher_lock:
-            connection = self._require()
             await connection.ready()
-            channel = self._publisher
+            channel = self._publisher if confirm else self._unconfirmed
             if channel is None or channel.is_closed:
                 # A channel-level error (e.g. a publish to a missing exchange) closes the robust
                 # channel for good; a connection loss does not get here (ready() waits for it).
                 if channel is not None:
                     with contextlib.suppress(Exception):
                         await channel.close()
-                channel = self._publisher = await connection.channel(
-                    publisher_confirms=True, on_return_raises=True
-                )
+                if confirm:
+                    channel = self._publisher = await connection.channel(
+                        publisher_confirms=True, on_return_raises=True
+                    )
+                else:
+                    channel = self._unconfirmed = await connection.channel(
+                        publisher_confirms=False
+                    )
             return channel
 
     async def publish(
@@ -267,8 +294,10 @@ class RabbitMQBroker(Broker):
         content_type: str = "application/json",
         persistent: bool = True,
         mandatory: bool = True,
+        confirm: bool = True,
         timeout: float = DEFAULT_PUBLISH_TIMEOUT,  # noqa: ASYNC109 - bounds the confirm wait
     ) -> None:
+        mandatory = mandatory and confirm  # a return without a confirm has nobody to tell
         message = aio_pika.Message(
             bytes(body),
             headers=dict(headers) if headers else None,
@@ -287,7 +316,7 @@ class RabbitMQBroker(Broker):
         deadline = loop.time() + timeout
         try:
             async with asyncio.timeout_at(deadline):
-                channel = await self._publish_channel()
+                channel = await self._publish_channel(confirm)
                 underlay = await channel.get_underlay_channel()
         except TimeoutError as exc:
             raise BrokerUnavailable(
@@ -330,7 +359,9 @@ class RabbitMQBroker(Broker):
 
     # -- consuming -------------------------------------------------------------------------
 
-    async def consume(self, queue: str, handler: Handler, *, prefetch: int = 10) -> _RabbitConsumer:
+    async def consume(
+        self, queue: str, handler: Handler, *, prefetch: int = 10, auto_ack: bool = False
+    ) -> _RabbitConsumer:
         if prefetch < 0:
             raise ValueError("prefetch must be >= 0 (0 = unlimited)")
         connection = self._require()
@@ -355,8 +386,8 @@ class RabbitMQBroker(Broker):
                     )
                     for exchange, routing_key in self._bindings.get(queue, {}):
                         await amqp_queue.bind(exchange, routing_key)
-                consumer = _RabbitConsumer(self, queue, channel, amqp_queue, handler)
-                consumer.tag = await amqp_queue.consume(consumer.on_message)
+                consumer = _RabbitConsumer(self, queue, channel, amqp_queue, handler, auto_ack)
+                consumer.tag = await amqp_queue.consume(consumer.on_message, no_ack=auto_ack)
         except BaseException:
             if channel is not None:
                 with contextlib.suppress(Exception):
@@ -364,6 +395,10 @@ class RabbitMQBroker(Broker):
             raise
         self._consumers.add(consumer)
         return consumer
+
+
+async def _settled_already(action: SettleAction, requeue: bool) -> None:
+    """Settling an auto-acked delivery (`no_ack`): RabbitMQ forgot it when it sent it."""
 
 
 class _RabbitConsumer:
@@ -374,8 +409,10 @@ class _RabbitConsumer:
         channel: AbstractRobustChannel,
         amqp_queue: aio_pika.abc.AbstractRobustQueue,
         handler: Handler,
+        auto_ack: bool = False,
     ) -> None:
         self._broker = broker
+        self._auto_ack = auto_ack
         self._queue = queue
         self._channel = channel  # strong reference: the robust connection only keeps a weak one
         self._amqp_queue = amqp_queue
@@ -402,9 +439,9 @@ class _RabbitConsumer:
             reply_to=raw.reply_to,
             content_type=raw.content_type,
             redelivered=bool(raw.redelivered),
-            settle=functools.partial(self._settle, raw),
+            settle=_settled_already if self._auto_ack else functools.partial(self._settle, raw),
         )
-        if self._cancelled:  # arrived while cancelling: give it back at once
+        if self._cancelled and not self._auto_ack:  # arrived while cancelling: give it back
             await message.nack(requeue=True)
             return
         task = asyncio.current_task()

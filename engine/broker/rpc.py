@@ -46,6 +46,8 @@ def parse_request(body: bytes) -> tuple[str, dict[str, Any]]:
         data = json.loads(body)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise ValueError(f"request body is not JSON: {exc}") from exc
+    except RecursionError:  # `[[[[...`: not a ValueError, and it would be requeued forever
+        raise ValueError("request body is JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise ValueError(f"request must be a JSON object, not {type(data).__name__}")
     method = data.get("method")
@@ -144,6 +146,7 @@ class RpcServer:
                 body,
                 correlation_id=message.correlation_id,
                 persistent=False,
+                confirm=False,  # a lost reply is the caller's timeout
                 timeout=self._reply_timeout,
             )
         except Unroutable:
@@ -165,7 +168,9 @@ class RpcClient:
         if self._reply_queue is not None:
             return
         reply_queue = await self._broker.declare_queue(QueueSpec.temporary(f"{self._queue}.reply"))
-        self._consumer = await self._broker.consume(reply_queue, self._on_reply, prefetch=0)
+        self._consumer = await self._broker.consume(
+            reply_queue, self._on_reply, prefetch=0, auto_ack=True
+        )
         self._reply_queue = reply_queue
 
     async def close(self) -> None:

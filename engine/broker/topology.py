@@ -80,6 +80,9 @@ class QueueSpec:
     quorum: bool = False
     delivery_limit: int | None = None
     dead_letter_exchange: str | None = None
+    #: Only one consumer at a time gets deliveries; the next takes over when it goes away
+    #: (`x-single-active-consumer`): an active/passive pair of consumers, messages in order.
+    single_active_consumer: bool = False
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -110,6 +113,8 @@ class QueueSpec:
             args["x-queue-type"] = "quorum"
         if self.delivery_limit is not None:
             args["x-delivery-limit"] = self.delivery_limit
+        if self.single_active_consumer:
+            args["x-single-active-consumer"] = True
         if self.dead_letter_exchange is not None:
             args["x-dead-letter-exchange"] = self.dead_letter_exchange
         return args

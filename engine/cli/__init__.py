@@ -57,15 +57,19 @@ def _register_optional(app: typer.Typer) -> None:
     from engine.cli import events_cmd, server_cmd
 
     server_cmd.register(app)
+    from engine.cli import automation_cmd
+
+    automation_cmd.register(app, events_cmd.app)
     app.add_typer(events_cmd.app, name="events")
     try:
         from engine.cli import deploy_cmd
     except ImportError:  # pragma: no cover - during development only
         deploy_cmd = None  # type: ignore[assignment]
     if deploy_cmd is not None:
-        from engine.cli import deployment_run
+        from engine.cli import deployment_run, schedule_cmd
 
         deployment_run.register(deploy_cmd.deployment_app)
+        schedule_cmd.register(deploy_cmd.deployment_app)
         deploy_cmd.register(app)
     try:
         from engine.cli import worker_cmd

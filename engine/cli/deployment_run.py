@@ -4,7 +4,6 @@ watching its states and logs (from events, not polling) until it is final."""
 from __future__ import annotations
 
 import datetime as dt
-import re
 import uuid
 from typing import Annotated, Any
 
@@ -12,25 +11,15 @@ import typer
 
 from engine.cli import output
 from engine.cli.run_cmd import PARAM_HELP, parse_params
+from engine.durations import parse_duration as _parse_duration
 from engine.runtime import embedded
 from engine.schemas import FlowRun
 from engine.states import utcnow
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s)", re.I)
-
 
 def parse_duration(text: str) -> dt.timedelta:
     """'10m', '2s', '1h30m', '1.5h', '90' (seconds) → timedelta."""
-    raw = text.strip()
-    try:
-        return dt.timedelta(seconds=float(raw))
-    except ValueError:
-        pass
-    parts = _DURATION.findall(raw)
-    if not parts or _DURATION.sub("", raw).strip():
-        raise ValueError(f"--start-in {text!r}: expected a duration such as 30s, 10m, 2h or 1h30m")
-    unit = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-    return dt.timedelta(seconds=sum(float(n) * unit[u.lower()] for n, u in parts))
+    return _parse_duration(text, what="--start-in")
 
 
 def run(

@@ -34,15 +34,15 @@ def _require_rabbitmq(settings: Settings, command: str) -> None:
 
 
 def server() -> None:
-    """Run the engine service: commands over RabbitMQ, the outbox relay, the dispatch timer and the
-    heartbeat monitor. The only process that writes the database."""
+    """Run the engine service: commands over RabbitMQ, the outbox relay, the dispatch timer, the
+    heartbeat monitor and the HTTP API (api.*). The only process that writes the database."""
     from engine.server.app import Server
 
     settings = get_settings()
     _require_rabbitmq(settings, "server")
 
     async def body(stop: asyncio.Event) -> None:
-        await Server(settings).serve_forever(stop)
+        await Server(settings, serve_api=True, freeze_heap=True).serve_forever(stop)
 
     _run_until_signal(body=body)
 
@@ -74,7 +74,7 @@ def dev(
             await worker.start()
             workers.append(worker)
 
-        srv = Server(settings, on_new_pool=start_worker)
+        srv = Server(settings, on_new_pool=start_worker, serve_api=True, freeze_heap=True)
         await srv.start()
         for name in pool or [settings.worker.pool]:
             await srv.ensure_pool(name)

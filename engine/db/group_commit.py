@@ -9,7 +9,18 @@ queued works in order and runs each batch in one transaction:
   back only its own changes, and its caller gets the exception;
 - callers get their results only after the COMMIT: nothing is acknowledged before it is durable;
 - if the batch's transaction itself fails (COMMIT refused, a deadlock on PostgreSQL), nothing was
-  committed, so each work is run again in a transaction of its own and gets its own outcome.
+  committed, so each work is run again in a transaction of its own and gets its own outcome;
+- a work that failed on a *transient conflict* — PostgreSQL's deadlock (``40P01``) or
+  serialization failure (``40001``), typically between two servers on one database — had all its
+  changes rolled back (its transaction, or its savepoint), so it is queued again, whole, for a
+  fresh transaction after a short random pause (`RetryPolicy`), up to `RetryPolicy.attempts`
+  times; its caller sees only the final outcome. A work must therefore be re-runnable: it reads
+  what it needs inside the transaction and keeps no effect outside it but `after_commit`.
+
+Background works (queued under `background()`: the scheduler making runs ahead, marking runs
+Late) run only in what room a batch has left after every waiting foreground work (commands,
+due dispatches): 10,000 runs made for the next cron slot never stand between a command and its
+transaction.
 
 Works run one after another on the writer's single session, so they see each other's changes
 and need no lock between them; on SQLite the writer is also the only in-process writer, so it
@@ -27,19 +38,72 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Awaitable, Callable
+import contextvars
+import random
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import structlog
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 T = TypeVar("T")
+log = structlog.get_logger("flowrelay.db")
 Work = Callable[[AsyncSession], Awaitable[Any]]
 
 _AFTER_COMMIT = "flowrelay_after_commit"
 
+#: SQLSTATEs of a transaction that lost a conflict and may simply run again: deadlock detected,
+#: serialization failure.
+TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
 
-def after_commit(session: AsyncSession, fn: Callable[[], None]) -> None:
+
+_BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("flowrelay_background", default=False)
+
+
+@contextlib.contextmanager
+def background() -> Iterator[None]:
+    """Writes queued inside this block (and by tasks it creates) are background works."""
+    token = _BACKGROUND.set(True)
+    try:
+        yield
+    finally:
+        _BACKGROUND.reset(token)
+
+
+def is_transient_conflict(exc: BaseException) -> bool:
+    """Whether `exc` (or an exception it was raised from) is a database conflict that a fresh
+    transaction may not meet again: PostgreSQL's deadlock or serialization failure."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DBAPIError):
+            orig = current.orig
+            code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+            if code in TRANSIENT_SQLSTATES:
+                return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a work that lost a transient conflict is run again: up to `attempts` more times,
+    each after a random pause of up to ``backoff_seconds * 2**n`` (n = retries so far; "full
+    jitter", so two servers that deadlocked do not meet again in step), at most `max_seconds`."""
+
+    attempts: int = 5
+    backoff_seconds: float = 0.02
+    max_seconds: float = 1.0
+
+    def delay(self, retry: int) -> float:
+        return random.uniform(0, min(self.backoff_seconds * 2**retry, self.max_seconds))
+
+
+def after_commit(session: AsyncSession | Session, fn: Callable[[], None]) -> None:
     """Call `fn()` once the current work's changes are committed (never if rolled back)."""
     session.info[_AFTER_COMMIT].append(fn)
 
@@ -52,6 +116,10 @@ class _Job:
     result: Any = None
     error: BaseException | None = None
     callbacks: list[Callable[[], None]] = field(default_factory=list)
+    #: times this work was queued again after a transient conflict
+    retries: int = 0
+    #: queued under `background()`: runs after the foreground works
+    background: bool = False
 
 
 class GroupCommit:
@@ -63,16 +131,23 @@ class GroupCommit:
         *,
         on_commit: Callable[[], None],
         max_batch: int = 200,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._sessions = sessions
         self._on_commit = on_commit
         self._max_batch = max_batch
+        self._retry = retry or RetryPolicy()
         self._queue: collections.deque[_Job] = collections.deque()
+        self._background: collections.deque[_Job] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: works waiting out their pause before running again (see `RetryPolicy`)
+        self._delayed: dict[asyncio.TimerHandle, _Job] = {}
         #: committed transactions and the works they carried (for tests and benchmarks)
         self.batches = 0
         self.works = 0
+        #: works run again after a transient conflict (deadlock, serialization failure)
+        self.retried = 0
 
     async def start(self) -> None:
         if self._task is None:
@@ -85,6 +160,12 @@ class GroupCommit:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for handle, job in list(self._delayed.items()):
+            handle.cancel()
+            self._queue.append(job)
+        self._delayed.clear()
+        self._queue.extend(self._background)
+        self._background.clear()
         while self._queue:
             job = self._queue.popleft()
             if not job.future.done():
@@ -96,7 +177,8 @@ class GroupCommit:
         if self._task is None:
             raise RuntimeError("EngineService is not started: call `await service.start()`")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Job(work, future, notify))
+        job = _Job(work, future, notify, background=_BACKGROUND.get())
+        (self._background if job.background else self._queue).append(job)
         self._wake.set()
         return await future
 
@@ -104,12 +186,13 @@ class GroupCommit:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._queue:
+            while self._queue or self._background:
                 jobs: list[_Job] = []
-                while self._queue and len(jobs) < self._max_batch:
-                    job = self._queue.popleft()
-                    if not job.future.done():  # a caller cancelled before its turn
-                        jobs.append(job)
+                for queue in (self._queue, self._background):  # foreground first
+                    while queue and len(jobs) < self._max_batch:
+                        job = queue.popleft()
+                        if not job.future.done():  # a caller cancelled before its turn
+                            jobs.append(job)
                 if jobs:
                     await self._commit(jobs)
 
@@ -142,10 +225,33 @@ class GroupCommit:
         for job in jobs:
             if job.future.done():
                 continue
+            if job.error is not None and self._retry_later(job):
+                continue
             if job.error is not None:
                 job.future.set_exception(job.error)
             else:
                 job.future.set_result(job.result)
+
+    def _retry_later(self, job: _Job) -> bool:
+        """Queue `job` again after a pause if it lost a transient conflict and has attempts
+        left (all its changes were rolled back with its transaction or savepoint)."""
+        if job.retries >= self._retry.attempts or not is_transient_conflict(job.error or Exception()):
+            return False
+        delay = self._retry.delay(job.retries)
+        job.retries += 1
+        self.retried += 1
+        log.info("a write lost a database conflict; running it again", retry=job.retries,
+                 delay_ms=round(delay * 1000, 1), error=str(getattr(job.error, "orig", job.error)))
+
+        def requeue() -> None:
+            self._delayed.pop(handle, None)
+            if not job.future.done():  # its caller may have given up meanwhile
+                (self._background if job.background else self._queue).append(job)
+                self._wake.set()
+
+        handle = asyncio.get_running_loop().call_later(delay, requeue)
+        self._delayed[handle] = job
+        return True
 
     async def _transaction(self, jobs: list[_Job]) -> bool:
         """Run the batch and commit it; False if a lone work failed (rolled back)."""
@@ -163,10 +269,14 @@ class GroupCommit:
                 return True
             async with session.begin():
                 for job in jobs:
+                    job.error, job.result = None, None  # a retried work starts afresh
                     session.info[_AFTER_COMMIT] = job.callbacks = []
                     try:
                         async with session.begin_nested():
                             job.result = await job.work(session)
                     except Exception as exc:  # noqa: BLE001 - its savepoint is rolled back
                         job.error = exc
+                    # Flushed by the savepoint's release: the next work loads rows afresh (a
+                    # work may have changed rows with Core statements the ORM did not see).
+                    session.expunge_all()
             return True

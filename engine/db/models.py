@@ -271,3 +271,69 @@ class EventRow(Base):
     routing_key: Mapped[str] = mapped_column(String(255))
     created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class WorkerHeartbeatRow(Base):
+    """The last heartbeat of each live worker, whichever server received it: every server's
+    heartbeat monitor judges silence from this shared row (`engine.server.heartbeats`)."""
+
+    __tablename__ = "worker_heartbeats"
+
+    worker_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    pool: Mapped[str] = mapped_column(String(255), default="")
+    last_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    #: the runs the worker said it holds in that heartbeat
+    flow_run_ids: Mapped[list[str]] = mapped_column(Json, default=list)
+
+
+# --- automations (automations/store.py) -------------------------------------------------------
+class AutomationRow(Base):
+    """An automation: its validated definition (the pydantic model as JSON), where it came from,
+    whether it is enabled, and its counters (matched, fired, expired, failed)."""
+
+    __tablename__ = "automations"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    definition: Mapped[dict[str, Any]] = mapped_column(Json)
+    source: Mapped[str] = mapped_column(String(1024), default="")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    counters: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+    created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AutomationStateRow(Base):
+    """Durable trigger state of one automation: open windows, counts, armed timers, fired join
+    keys, cooldowns (one row per state key, as the evaluator reports them)."""
+
+    __tablename__ = "automation_state"
+
+    automation: Mapped[str] = mapped_column(
+        String(200), ForeignKey("automations.name", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    state: Mapped[dict[str, Any]] = mapped_column(Json)
+    updated: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AutomationFiringRow(Base):
+    """One firing of an automation. Its id is derived from the automation and the triggering
+    events, so a redelivered event finds its firing here and does not act twice. `status` is
+    pending until every action ran (a restart re-runs pending firings: their run launches carry
+    idempotency keys)."""
+
+    __tablename__ = "automation_firings"
+    __table_args__ = (Index("ix_automation_firings_automation_at", "automation", "at"),)
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    automation: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    bucket: Mapped[str] = mapped_column(String(1024), default="")
+    correlation: Mapped[str | None] = mapped_column(String(1024))
+    event_ids: Mapped[list[str]] = mapped_column(Json, default=list)
+    context: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    results: Mapped[list[dict[str, Any]]] = mapped_column(Json, default=list)
+    updated: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -21,6 +21,7 @@ from engine.db.models import (
     _CurrentState,
     _StateHistory,
 )
+from engine.db.runs import RunRecord
 from engine.events import routing_key_for
 from engine.schemas import Event, FlowRun, LogRecord, TaskRun
 from engine.states import FINAL_TYPES, State, StateDetails, StateType, utcnow
@@ -38,7 +39,7 @@ def details_json(details: StateDetails) -> dict[str, Any]:
     return result
 
 
-def current_state(row: _CurrentState) -> State | None:
+def current_state(row: _CurrentState | RunRecord) -> State | None:
     """The run's current state from its `state_*` columns (data: the stored result, for final
     states)."""
     if row.state_type is None:
@@ -65,7 +66,7 @@ def history_state(row: _StateHistory) -> State:
     )
 
 
-def enter_state(row: _CurrentState, state: State) -> None:
+def enter_state(row: _CurrentState | RunRecord, state: State) -> None:
     """Make `state` the run's current state, with its effects on counters, times and result."""
     row.state_type = state.type.value
     row.state_name = state.name
@@ -84,7 +85,7 @@ def enter_state(row: _CurrentState, state: State) -> None:
         row.result = state.data
 
 
-def flow_run(row: FlowRunRow) -> FlowRun:
+def flow_run(row: FlowRunRow | RunRecord) -> FlowRun:
     return FlowRun(
         id=row.id,
         name=row.name,

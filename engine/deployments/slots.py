@@ -11,7 +11,11 @@ Locks, PostgreSQL (SQLite serialises writers anyway, and ignores ``FOR UPDATE``)
 decision holds the deployment row ``FOR UPDATE``, so two decisions never both see the same free
 slot. Lock order is always run row → deployment row → waiting runs, the last with ``SKIP
 LOCKED`` (a waiting run locked by someone else is being changed by them: take the next one), so
-no two transactions wait on each other in a cycle.
+no two transactions wait on each other in a cycle. The locks are ``FOR NO KEY UPDATE``: they
+serialise changes of a row but let other transactions insert rows that reference it (a run of
+the deployment, a history row of the run), which take only ``FOR KEY SHARE``. Group commit puts
+several works in one transaction, so two servers' batches can still cross: the loser is run
+again (`engine.db.group_commit`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from engine.db import repository as repo
 from engine.db.models import Base, DeploymentRow, EventRow, FlowRunRow, FlowRunStateRow
 from engine.errors import ObjectNotFound
 from engine.schemas import Event, FlowRun
-from engine.states import State, StateDetails, StateType
+from engine.states import State, StateDetails, StateType, utcnow
 
 #: Makes `state` current on the run row; returns the history and outbox rows to add
 #: (`EngineService._enter_flow_run_state`).
@@ -46,14 +50,14 @@ async def lock(session: AsyncSession, deployment_id: uuid.UUID) -> DeploymentRow
     row: DeploymentRow | None = await session.scalar(
         select(DeploymentRow)
         .where(DeploymentRow.id == deployment_id)
-        .with_for_update()
+        .with_for_update(key_share=True)
         .execution_options(populate_existing=True)
     )
     return row
 
 
 # --- slots and dispatch --------------------------------------------------------------------------
-def holds_slot(row: FlowRunRow) -> bool:
+def holds_slot(row: Any) -> bool:
     """Whether the run counts against its deployment's concurrency limit."""
     if row.state_type in _ACTIVE_TYPES:
         return True
@@ -85,6 +89,12 @@ def dispatch(row: FlowRunRow, dep: DeploymentRow, now: dt.datetime) -> EventRow:
     """Mark the run dispatched and return its work message: an outbox row routed to
     ``dispatch.<pool>``. The run goes as the deployment is now (its latest entrypoint and pool,
     as Prefect's workers do); the run records that version."""
+    return EventRow(**dispatch_values(row, dep, now)[1])
+
+
+def dispatch_values(row: Any, dep: Any, now: dt.datetime) -> tuple[Event, dict[str, Any]]:
+    """`dispatch` for any object with the rows' attributes (an ORM row, or a
+    `engine.db.runs.RunRecord` and a Core row): the work event and its outbox row's values."""
     if row.deployment_version != dep.version:
         row.deployment_version = dep.version
         row.work_pool = dep.work_pool
@@ -110,7 +120,7 @@ def dispatch(row: FlowRunRow, dep: DeploymentRow, now: dt.datetime) -> EventRow:
     )
     values = repo.event_values(event)
     values["routing_key"] = f"dispatch.{row.work_pool}"
-    return EventRow(**values)
+    return event, values
 
 
 def _waiting(dep: DeploymentRow, state: State) -> State:
@@ -159,7 +169,7 @@ async def dispatch_run(
     whatever its scheduled time; over the limit it goes AwaitingConcurrencySlot instead. True
     if it was dispatched by this call (False: nothing to do, or waiting)."""
     row = await session.scalar(
-        select(FlowRunRow).where(FlowRunRow.id == flow_run_id).with_for_update()
+        select(FlowRunRow).where(FlowRunRow.id == flow_run_id).with_for_update(key_share=True)
     )
     if row is None:
         raise ObjectNotFound(f"flow run {flow_run_id} not found")
@@ -192,7 +202,7 @@ async def release_slots(
             FlowRunRow.state_name == WAITING,
         )
         .order_by(FlowRunRow.created, FlowRunRow.id)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=True, key_share=True)
         .execution_options(populate_existing=True)
     )
     if free is not None:
@@ -214,13 +224,18 @@ async def on_state_entered(
     held_slot: bool,
     enter: EnterState,
     now: dt.datetime,
+    previous_type: StateType | None = None,
 ) -> None:
-    """After a deployment run entered a new state: retry it if it Crashed with retries left, and
-    if it gave its slot back, hand the slot to the oldest waiting run."""
+    """After a deployment run entered a new state: retry it if it Crashed with retries left;
+    send it to its pool again if it went back to Scheduled from a claimed state (handed back by
+    a stopping worker, or its worker lost before it ran); and if it gave its slot back, hand the
+    slot to the oldest waiting run."""
     if row.deployment_id is None:
         return
     if row.state_type == StateType.CRASHED.value:
         await _retry_crashed(session, row, enter=enter, now=now)
+    elif requeued(previous_type, row.state_type, row.state_name):
+        await _redispatch(session, row, enter=enter, now=now)
     if held_slot and not holds_slot(row):
         dep = await lock(session, row.deployment_id)
         # Without a limit no run waits for a slot (`register` frees them when it is lifted).
@@ -262,6 +277,33 @@ async def _retry_crashed(
             await _dispatch_or_wait(session, row, dep, enter, now)
 
 
+def requeued(previous_type: StateType | str | None, state_type: str | None, state_name: str | None) -> bool:
+    """Whether a deployment run moving from `previous_type` to this state goes back to its pool:
+    a dispatchable Scheduled-type state entered from a claimed (non-Scheduled) one."""
+    previous = previous_type.value if isinstance(previous_type, StateType) else previous_type
+    return (
+        previous is not None
+        and previous != StateType.SCHEDULED.value
+        and state_type == StateType.SCHEDULED.value
+        and state_name in DISPATCHABLE
+    )
+
+
+async def _redispatch(
+    session: AsyncSession, row: FlowRunRow, *, enter: EnterState, now: dt.datetime
+) -> None:
+    """Its pool's message was consumed by the claim: dispatch the run anew when due (else the
+    server's timer does it), or let it wait for a slot."""
+    row.dispatched_at = None
+    details = StateDetails(**(row.state_details or {}))
+    if (details.scheduled_time or now) > now:
+        return
+    assert row.deployment_id is not None
+    dep = await lock(session, row.deployment_id)
+    if dep is not None:
+        await _dispatch_or_wait(session, row, dep, enter, now)
+
+
 def _retry_delay(value: Any, used: int) -> float:
     """Seconds before retry number ``used + 1``: one number, or a list (one per retry, the last
     repeated), as in ``@flow(retry_delay_seconds=...)``."""
@@ -293,12 +335,13 @@ async def due_runs(session: AsyncSession) -> list[tuple[uuid.UUID, dt.datetime]]
 
 
 async def forget_dispatches(session: AsyncSession) -> int:
-    """Clear `dispatched_at` of deployment runs still waiting to be claimed."""
+    """Clear `dispatched_at` of deployment runs still waiting to be claimed (not of those staged
+    ahead of their time: their work messages are unsent outbox rows, published at that time)."""
     result = await session.execute(
         update(FlowRunRow)
         .where(
             FlowRunRow.deployment_id.is_not(None),
-            FlowRunRow.dispatched_at.is_not(None),
+            FlowRunRow.dispatched_at <= utcnow(),
             FlowRunRow.state_type == StateType.SCHEDULED.value,
             FlowRunRow.state_name.in_(sorted(DISPATCHABLE)),
         )

@@ -53,7 +53,7 @@ async def find(session: AsyncSession, name: str, *, lock: bool = False) -> Deplo
         DeploymentRow.flow_name == flow_name, DeploymentRow.name == deployment_name
     )
     if lock:
-        query = query.with_for_update().execution_options(populate_existing=True)
+        query = query.with_for_update(key_share=True).execution_options(populate_existing=True)
     row = await session.scalar(query)
     if row is None:
         known = [
@@ -143,6 +143,12 @@ async def set_paused(
         row.updated = now
         event = "deployment.paused" if paused else "deployment.resumed"
         session.add(_deployment_event(row, event, now))
+        if paused:  # its schedules' runs not yet handed to a pool go (resuming recreates them)
+            from engine.scheduler.store import cancel_pending
+
+            await cancel_pending(
+                session, deployment_id=row.id, message=f"deployment '{name.strip()}' paused"
+            )
     return deployment(row)
 
 

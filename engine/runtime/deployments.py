@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
@@ -116,11 +117,16 @@ def _default_timeout(timeout: float | None) -> float | None:
 
 
 async def _wait(
-    flow_run_id: uuid.UUID, timeout: float | None, flow_name: str | None = None
+    flow_run_id: uuid.UUID,
+    timeout: float | None,
+    flow_name: str | None = None,
+    created_since: float | None = None,
 ) -> FlowRun:
     async def on_engine_loop(api: Any) -> FlowRun:
         waiter = await embedded.waiter()
-        return await waiter.wait(api, flow_run_id, timeout, flow_name=flow_name)  # type: ignore[no-any-return]
+        return await waiter.wait(  # type: ignore[no-any-return]
+            api, flow_run_id, timeout, flow_name=flow_name, created_since=created_since
+        )
 
     return await embedded.call(on_engine_loop)
 
@@ -162,13 +168,14 @@ async def run_deployment(
     """Run the latest version of deployment `name` ("FLOW/DEPLOYMENT"); with `wait`, return the
     run once it is final (waiting at most `timeout` seconds, then `WaitTimeout`)."""
     mirror = _Mirror(current_flow_run(), f"run_deployment-{name}")
+    since = time.monotonic()
     run = await _launch(
         name, parameters, idempotency_key=idempotency_key, scheduled_time=scheduled_time,
         flow_run_name=flow_run_name, tags=tags, mirror=mirror,
     )
     if not wait:
         return run
-    run = await _wait(run.id, _default_timeout(timeout), run.flow_name)
+    run = await _wait(run.id, _default_timeout(timeout), run.flow_name, since)
     await mirror.mirror(run)
     return run
 

@@ -25,8 +25,8 @@ import functools
 import inspect
 import threading
 import uuid
-from collections.abc import Callable, Iterable
-from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import structlog
 
@@ -282,7 +282,10 @@ class FlowRunner:
         while True:
             worker = embedded.worker_details()
             running = Running(**worker, flow_retries=flow.retries, retry_delay_seconds=flow.retry_delay_seconds) if worker else Running()
-            answer = await embedded.call(lambda api: api.set_flow_run_state(flow_run.id, running))  # noqa: B023 - awaited at once
+            answer = await _delivered(
+                lambda: embedded.call(lambda api: api.set_flow_run_state(flow_run.id, running)),  # noqa: B023 - awaited at once
+                what=f"the Running state of flow run {flow_run.name!r}",
+            )
             if not answer.accepted:
                 log.info("flow run not started", reason=answer.reason, flow_run=flow_run.name)
                 return answer.state or Failed(message=answer.reason)
@@ -296,7 +299,10 @@ class FlowRunner:
                     scheduled_time=utcnow() + dt.timedelta(seconds=delay),
                     retry_count=attempt,
                 )
-                await embedded.call(lambda api: api.set_flow_run_state(flow_run.id, retry))  # noqa: B023
+                await _delivered(
+                    lambda: embedded.call(lambda api: api.set_flow_run_state(flow_run.id, retry)),  # noqa: B023
+                    what=f"the AwaitingRetry state of flow run {flow_run.name!r}",
+                )
                 self._log(flow_run, f"Flow run failed ({state.message}); {retry.message}")
                 await asyncio.sleep(delay)
                 continue
@@ -348,17 +354,12 @@ class FlowRunner:
             except (ResultNotSerializable, ResultTooLarge) as exc:
                 state = Failed(message=str(exc)).with_exception(exc)
         self._log(flow_run, f"Finished in state {state!r}")
-        # The logs travel beside the final state, not after it (the server commits the two in
-        # one transaction when they arrive together); either failing still fails the call.
-        proposed, flushed = await asyncio.gather(
-            embedded.call(lambda api: api.set_flow_run_state(flow_run.id, state)),
-            self._flush(flow_run),
-            return_exceptions=True,
+        # The logs travel with the final state: one call, one transaction.
+        logs, self.logs = self.logs, []
+        answer: OrchestrationResult = await _delivered(
+            lambda: embedded.call(lambda api: api.set_flow_run_state(flow_run.id, state, logs=logs)),
+            what=f"the final state {state.name} of flow run {flow_run.name!r}",
         )
-        for outcome in (proposed, flushed):
-            if isinstance(outcome, BaseException):
-                raise outcome
-        answer = cast("OrchestrationResult", proposed)
         if not answer.accepted and answer.state is not None:
             log.warning("final state rejected", proposed=state.name, current=answer.state.name,
                         reason=answer.reason)
@@ -377,14 +378,33 @@ class FlowRunner:
         self.logs.append(LogRecord(flow_run_id=flow_run.id, logger="flowrelay.flow_run", message=message))
         log.info(message, flow_run_id=str(flow_run.id))
 
-    async def _flush(self, flow_run: FlowRun) -> None:
-        logs, self.logs = self.logs, []
-        if logs:
-            await embedded.call(lambda api: api.write_logs(logs))
 
 
 async def _await(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return await fn(*args, **kwargs)
+
+
+async def _delivered(call: Callable[[], Awaitable[R]], *, what: str) -> R:
+    """`call()`, again while the engine cannot be reached (broker down or restarting, no reply
+    in time), for up to `runtime.report_timeout_seconds`: a flow run must not lose a state
+    change to a broker restart (and stay Running for good, or be taken for lost and run again).
+    Proposing the same state twice is harmless: a duplicate proposal is accepted as it is."""
+    from engine.broker.errors import BrokerUnavailable, PublishTimeout, RpcTimeout
+    from engine.settings import get_settings
+
+    deadline = asyncio.get_running_loop().time() + get_settings().runtime.report_timeout_seconds
+    pause = 0.2
+    while True:
+        try:
+            return await call()
+        except (BrokerUnavailable, PublishTimeout, RpcTimeout, ConnectionError) as exc:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise
+            log.warning("engine unreachable; reporting again", what=what, retry_in=pause,
+                        error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, 5.0)
 
 
 def _result_max_bytes() -> int:

@@ -3,15 +3,23 @@
 One `RunWaiter` per process lives on the engine loop with one private, auto-deleted queue on
 `flowrelay.events`, bound to `flow-run.<flow>.*` for each flow it has been asked about. A wait
 binds first, then reads the run once (it may already be final), then takes its events.
+
+The read is skipped when the waiter was bound to the flow before the run was created (the caller
+says when it started creating it): every event of the run then reached the waiter, and a final
+event that arrived before anyone waited for that run is kept for the wait that comes for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pydantic
 import structlog
 
 from engine.broker import Broker
@@ -25,6 +33,8 @@ from engine.states import FINAL_TYPES
 log = structlog.get_logger("flowrelay.wait")
 
 FINAL_TYPE_NAMES = {t.value for t in FINAL_TYPES}
+#: How many final events of runs nobody waits for (yet) a waiter keeps.
+KEEP_FINAL_EVENTS = 10_000
 
 
 def _key_word(value: str) -> str:
@@ -36,7 +46,10 @@ class RunWaiter:
         self.broker = broker
         self.names = names or Names()
         self._listeners: dict[uuid.UUID, set[asyncio.Queue[Event]]] = {}
-        self._bound: set[str] = set()
+        #: flow name → `time.monotonic()` once its binding was in place
+        self._bound: dict[str, float] = {}
+        #: final events of runs nobody was waiting for when they arrived, oldest first
+        self._finals: collections.OrderedDict[uuid.UUID, Event] = collections.OrderedDict()
         self._queue: str | None = None
         self._consumer: Any = None
         self._lock = asyncio.Lock()
@@ -52,26 +65,43 @@ class RunWaiter:
                 pass
             self._queue = None
 
-    async def _ensure_bound(self, flow_name: str) -> None:
+    async def _ensure_bound(self, flow_name: str) -> float:
+        """Bind to the flow's run events (once); the `time.monotonic()` when that was done."""
+        bound_at = self._bound.get(flow_name)
+        if bound_at is not None:
+            return bound_at
         async with self._lock:
             if self._queue is None:
                 spec = QueueSpec.temporary(prefix=f"{self.names.prefix}.wait")
                 self._queue = await self.broker.declare_queue(spec)
-                self._consumer = await self.broker.consume(self._queue, self._on_message, prefetch=512)
+                self._consumer = await self.broker.consume(
+                    self._queue, self._on_message, prefetch=512, auto_ack=True
+                )
             if flow_name not in self._bound:
                 await self.broker.bind(self._queue, self.names.events, f"flow-run.{_key_word(flow_name)}.*")
-                self._bound.add(flow_name)
+                self._bound[flow_name] = time.monotonic()
+            return self._bound[flow_name]
 
     async def _on_message(self, message: IncomingMessage) -> None:
         await message.ack()
         try:
-            event = Event.model_validate_json(message.body)
-            run_id = uuid.UUID(str(event.resource.get("id", "")).removeprefix("flow-run/"))
-        except ValueError:
+            data = json.loads(message.body)
+            run_id = uuid.UUID(str(data["resource"]["id"]).removeprefix("flow-run/"))
+            final = data.get("payload", {}).get("type") in FINAL_TYPE_NAMES
+            listeners = self._listeners.get(run_id)
+            if not listeners and not final:
+                return  # nobody needs it: spare the parsing
+            event = Event.model_validate(data)
+        except (ValueError, KeyError, TypeError, AttributeError, pydantic.ValidationError):
             log.warning("ignored a malformed flow-run event", routing_key=message.routing_key)
             return
-        for queue in self._listeners.get(run_id, ()):
-            queue.put_nowait(event)
+        if listeners:
+            for queue in listeners:
+                queue.put_nowait(event)
+        else:
+            self._finals[run_id] = event
+            while len(self._finals) > KEEP_FINAL_EVENTS:
+                self._finals.popitem(last=False)
 
     async def events(self, api: EngineAPI, run: FlowRun) -> AsyncIterator[Event]:
         """The run's state events from now on (the caller stops iterating when it has enough)."""
@@ -122,18 +152,24 @@ class RunWaiter:
         timeout: float | None,
         *,
         flow_name: str | None = None,
+        created_since: float | None = None,
     ) -> FlowRun:
         """The run once it is final; `WaitTimeout` after `timeout` seconds. Give the run's
-        `flow_name` when known (it saves reading the run to find it)."""
+        `flow_name` when known (it saves reading the run to find it), and `created_since`, a
+        `time.monotonic()` taken before the run was created, when known (see the module
+        docstring)."""
         queue: asyncio.Queue[Event] = asyncio.Queue()
         self._listeners.setdefault(flow_run_id, set()).add(queue)
         try:
             if flow_name is None:
                 flow_name = (await api.read_flow_run(flow_run_id)).flow_name
-            await self._ensure_bound(flow_name)
-            run = await api.read_flow_run(flow_run_id)  # it may have finished before we bound
-            if run.state is not None and run.state.is_final():
-                return run
+            bound_at = await self._ensure_bound(flow_name)
+            if self._finals.pop(flow_run_id, None) is not None:
+                return await api.read_flow_run(flow_run_id)
+            if created_since is None or bound_at >= created_since:
+                run = await api.read_flow_run(flow_run_id)  # it may have finished before we bound
+                if run.state is not None and run.state.is_final():
+                    return run
             try:
                 async with asyncio.timeout(timeout):
                     while True:
@@ -142,6 +178,8 @@ class RunWaiter:
                             return await api.read_flow_run(flow_run_id)
             except TimeoutError:
                 current = await api.read_flow_run(flow_run_id)
+                if current.state is not None and current.state.is_final():
+                    return current
                 raise WaitTimeout(
                     f"flow run {current.name!r} ({flow_run_id}) did not finish within {timeout:g} s; "
                     f"it is {current.state_name}"

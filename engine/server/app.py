@@ -1,4 +1,6 @@
-"""The server: engine service + command RPC + outbox relay + dispatch timer + heartbeat monitor.
+"""The server: engine service + command RPC + outbox relay + dispatch timer + scheduler
+(`engine.scheduler`) + heartbeat monitor + the automations' rule engine (`automations.service`,
+unless `automations.enabled: false`).
 
 `flowrelay server` runs it against the configured database and broker. The embedded mode
 (`broker.url: memory://`) runs the same object in process, without the RPC (calls go straight to
@@ -9,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -17,6 +21,8 @@ from engine.broker import Broker, from_url
 from engine.broker.errors import TopologyError
 from engine.broker.rpc import RpcServer
 from engine.broker.topology import Binding, Names, QueueSpec, Topology, build_topology
+from engine.db.group_commit import RetryPolicy
+from engine.scheduler.service import SCHEDULER_COMMANDS, Scheduler
 from engine.schemas import Event
 from engine.server.commands import CommandTable
 from engine.server.heartbeats import HeartbeatMonitor
@@ -25,6 +31,10 @@ from engine.server.timers import DispatchTimer
 from engine.service import EngineService
 from engine.settings import Settings
 from engine.states import utcnow
+
+if TYPE_CHECKING:
+    from automations.service import AutomationsService
+    from engine.api.server import ApiServer
 
 log = structlog.get_logger("flowrelay.server")
 
@@ -38,6 +48,8 @@ class Server:
         serve_rpc: bool = True,
         prefix: str | None = None,
         on_new_pool: Callable[[str], Awaitable[None]] | None = None,
+        serve_api: bool = False,
+        freeze_heap: bool = False,
     ) -> None:
         self.settings = settings
         self.names = Names(prefix) if prefix else Names()
@@ -46,14 +58,25 @@ class Server:
         self.service = EngineService(
             settings.database.url,
             result_max_bytes=settings.results.max_bytes,
+            parameters_max_bytes=settings.parameters.max_bytes,
             busy_timeout_ms=settings.database.busy_timeout_ms,
+            conflict_retry=RetryPolicy(
+                attempts=settings.database.conflict_retries,
+                backoff_seconds=settings.database.conflict_backoff_ms / 1000,
+            ),
         )
         self._own_broker = broker is None
         self.broker: Broker = broker or from_url(settings.broker.url, connection_name="flowrelay-server")
         self.pools: set[str] = set()
-        self.timer = DispatchTimer(self.service)
+        self.timer = DispatchTimer(self.service, ahead=settings.server.dispatch_ahead_seconds)
+        self.scheduler = Scheduler(
+            self.service, broker=self.broker, names=self.names,
+            late_after=settings.server.late_after_seconds,
+            runs_ahead=settings.server.scheduled_runs_ahead,
+        )
         self.heartbeats = HeartbeatMonitor(
-            self.service, timeout=settings.server.heartbeat_timeout_seconds
+            self.service, timeout=settings.server.heartbeat_timeout_seconds,
+            heard_for=self.broker.connected_for,
         )
         self.relay = OutboxRelay(
             self.service, self.broker, self.names, ensure_pool=self.ensure_pool,
@@ -63,10 +86,28 @@ class Server:
         self.commands = CommandTable()
         self.commands.add_service(self.service)
         self.commands.add("heartbeat", self.heartbeats.beat)
+        self.commands.add_service(self.scheduler, SCHEDULER_COMMANDS)
+        self.automations: AutomationsService | None = None
+        if settings.automations.enabled:
+            from automations.service import AUTOMATION_COMMANDS, AutomationsService
+
+            self.automations = AutomationsService(self.service, self.broker, self.names, settings)
+            self.commands.add_service(self.automations, AUTOMATION_COMMANDS)
         self.rpc: RpcServer | None = None
+        #: called with every event the relay published (the HTTP API's stream and metrics)
+        self.published_listeners: list[Callable[[Event, str], None]] = []
+        self.api: ApiServer | None = None
+        if serve_api and settings.api.enabled:
+            from engine.api.server import ApiServer
+
+            self.api = ApiServer(self)  # ConfigError now if its settings are unsafe
         self._started = False
+        #: a process of its own (`flowrelay server` / `dev`): see the end of `start`
+        self.freeze_heap = freeze_heap
 
     async def start(self) -> None:
+        if self.api is not None:
+            self.api.bind()  # a port in use fails here, before anything else started
         await self.service.start()
         if self._own_broker:
             await self.broker.connect()
@@ -83,15 +124,26 @@ class Server:
             # was dispatched but never claimed (claims are compare-and-set, so never twice).
             await self.service.forget_dispatches()
         await self.relay.start()
+        await self.scheduler.start()  # before the timer: catch-up may cancel missed runs
         await self.timer.start()
         await self.heartbeats.start()
+        if self.automations is not None:
+            await self.automations.start()
         if self.serve_rpc:
             self.rpc = RpcServer(
                 self.broker, self.names.commands, self.commands,
                 prefetch=max(16, self.settings.broker.prefetch * 4),
             )
             await self.rpc.start()
+        if self.api is not None:
+            await self.api.start()
         self._started = True
+        if self.freeze_heap:
+            # What start loaded (deployments, schedules, timers, rules) lives as long as the
+            # process: out of the collector's way, full collections stay short (10,000
+            # schedules: hundreds of ms per collection at a cron minute's hand-over).
+            gc.collect()
+            gc.freeze()
         log.log(20 if self.serve_rpc else 10, "server started", database=_mask(self.settings.database.url),
                  broker=_mask(self.settings.broker.url), pools=sorted(self.pools))
 
@@ -118,10 +170,15 @@ class Server:
                 )
 
     async def stop(self) -> None:
+        if self.api is not None:
+            await self.api.stop()
         if self.rpc is not None:
             await self.rpc.stop()
             self.rpc = None
+        if self.automations is not None:
+            await self.automations.stop()
         await self.heartbeats.stop()
+        await self.scheduler.stop()
         await self.timer.stop()
         await self.relay.stop()
         if self._own_broker:
@@ -153,6 +210,8 @@ class Server:
 
     def _on_published(self, event: Event, routing_key: str) -> None:
         """Feed the dispatch timer with deployment runs that start in the future."""
+        for listener in self.published_listeners:
+            listener(event, routing_key)
         if not event.event.startswith("flow-run.") or not event.resource.get("deployment"):
             return
         if event.payload.get("type") != "SCHEDULED":

@@ -1,39 +1,63 @@
-"""Worker heartbeats: a worker silent for `heartbeat_timeout` has its runs marked Crashed.
+"""Worker heartbeats: a worker that no server has heard for `heartbeat_timeout` has its runs
+handled as lost.
 
-Heartbeats arrive as commands; the monitor keeps the last one per worker in memory and checks
-its own table (no database query) a few times per timeout. At start, runs held by workers are
-given one full timeout to be claimed by a heartbeat before they are crashed.
+A heartbeat reaches one server (workers share the command queue), which records it in the
+database (`engine.db.workers`): every server on the database sees every heartbeat, whichever
+server received it. A few times per timeout each monitor reads the workers whose last heartbeat
+is older than the timeout and reaps each in one transaction (`EngineService.reap_lost_worker`):
+the stale row is deleted only if it is still stale, so a worker heard meanwhile by any server is
+left alone and two monitors never both act on one lost worker. Its runs:
+
+- a deployment run still Pending (claimed, never started: the retry settings only come with
+  Running) goes back to Scheduled and is dispatched again, without using a retry;
+- any other run is proposed Crashed (the deployment's crash retries apply).
+
+A live worker's heartbeat lists the runs it holds. A deployment run Pending for longer than the
+timeout under a worker heard since then that does not list it was claimed for a worker that
+never learnt it (the claim committed, its answer lost with a broker connection): it goes back to
+Scheduled the same way, or nobody would ever run it.
+
+At start, workers that hold runs but have no row are given one full timeout to be heard.
+
+Silence counts only while this server could hear: a server whose broker connection is down, or
+came back less than a timeout ago (RabbitMQ restarted, connections closed), judges nobody — the
+workers were cut off with it, their heartbeats and final states are on their way, and reaping
+them would run their runs a second time. (`heard_for`: the broker's `connected_for`.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
-from engine.schemas import Event, FlowRunFilter
-from engine.states import Crashed
+from engine.states import utcnow
 
 log = structlog.get_logger("flowrelay.heartbeats")
 
 
 class HeartbeatMonitor:
-    def __init__(self, service: Any, *, timeout: float) -> None:
+    def __init__(
+        self,
+        service: Any,
+        *,
+        timeout: float,
+        clock: Callable[[], dt.datetime] = utcnow,
+        heard_for: Callable[[], float] = lambda: float("inf"),
+    ) -> None:
         self.service = service
         self.timeout = timeout
-        self.last_seen: dict[str, float] = {}
-        self.pools: dict[str, str] = {}
+        self.clock = clock
+        self.heard_for = heard_for
+        #: checks skipped because this server could not hear the workers for a full timeout
+        self.deaf_checks = 0
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        now = time.monotonic()
-        held = FlowRunFilter(state_names=["Pending", "Running"], limit=100_000)
-        for run in await self.service.read_flow_runs(held):
-            worker_id = run.state.details.worker_id if run.state else None
-            if worker_id:
-                self.last_seen.setdefault(worker_id, now)
+        await self.service.adopt_held_workers()
         self._task = asyncio.create_task(self._run(), name="flowrelay-heartbeat-monitor")
 
     async def stop(self) -> None:
@@ -43,38 +67,50 @@ class HeartbeatMonitor:
             self._task = None
 
     async def beat(self, worker_id: str, pool: str, flow_run_ids: list[str]) -> dict[str, Any]:
-        self.last_seen[worker_id] = time.monotonic()
-        self.pools[worker_id] = pool
+        await self.service.record_heartbeat(worker_id, pool, flow_run_ids, at=self.clock())
         return {}
 
     async def _run(self) -> None:
         interval = max(0.2, min(self.timeout / 4, 5.0))
         while True:
             await asyncio.sleep(interval)
-            now = time.monotonic()
-            for worker_id, seen in list(self.last_seen.items()):
-                if now - seen > self.timeout:
-                    await self._crash_worker(worker_id, now - seen)
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - try again next round
+                log.warning("checking worker heartbeats failed", error=f"{type(exc).__name__}: {exc}")
 
-    async def _crash_worker(self, worker_id: str, silent_for: float) -> None:
-        try:
-            runs = await self.service.runs_held_by(worker_id)
-            for run in runs:
-                state = Crashed(
-                    message=f"worker {worker_id!r} sent no heartbeat for {silent_for:.0f} s "
-                    f"(server.heartbeat_timeout_seconds={self.timeout:g}); its run is presumed lost"
+    async def check(self) -> None:
+        """Reap every worker no server has heard for the timeout (while this one could hear)."""
+        heard_for = self.heard_for()
+        if heard_for < self.timeout:
+            self.deaf_checks += 1
+            log.debug("not judging worker heartbeats: the broker connection is down or new",
+                      connected_for=round(heard_for, 2), timeout=self.timeout)
+            return
+        now = self.clock()
+        before = now - dt.timedelta(seconds=self.timeout)
+        for worker_id, last_seen in await self.service.silent_workers(before):
+            silent_for = (now - last_seen).total_seconds()
+            reason = (
+                f"worker {worker_id!r} sent no heartbeat for {silent_for:.0f} s "
+                f"(server.heartbeat_timeout_seconds={self.timeout:g})"
+            )
+            try:
+                runs = await self.service.reap_lost_worker(
+                    worker_id, before, reason, silent_for_seconds=silent_for
                 )
-                await self.service.set_flow_run_state(run.id, state)
-                log.warning("run crashed: worker lost", flow_run_id=str(run.id), worker_id=worker_id)
-            self.last_seen.pop(worker_id, None)
-            self.pools.pop(worker_id, None)
-            if runs:
-                await self.service.emit_event(Event(
-                    event="worker.lost", resource={"id": f"worker/{worker_id}"},
-                    payload={"runs": [str(r.id) for r in runs], "silent_for_seconds": silent_for},
-                ))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - try again next round
-            log.warning("could not crash runs of a lost worker", worker_id=worker_id,
-                        error=f"{type(exc).__name__}: {exc}")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - try again next round
+                log.warning("could not handle the runs of a lost worker", worker_id=worker_id,
+                            error=f"{type(exc).__name__}: {exc}")
+                continue
+            for run in runs or ():
+                log.warning("worker lost", worker_id=worker_id, flow_run_id=str(run.id),
+                            state=run.state.name if run.state else None)
+        for run in await self.service.release_orphaned_claims(before):
+            extra = (run.state.details.model_extra or {}) if run.state else {}
+            log.warning("orphaned claim: its worker does not hold the run", flow_run_id=str(run.id),
+                        worker_id=extra.get("lost_worker_id"))

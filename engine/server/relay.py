@@ -5,16 +5,24 @@ The engine service hands it the outbox rows of each of its commits, in memory, o
 It reads the outbox itself at start (events left unsent by a crash are published again:
 at-least-once; consumers drop duplicates by event id and `seq`), after a failed publish (every
 event handed over is in the outbox until marked sent), and, while it is busy, at most every
-`sweep_seconds` for rows other processes committed. A row is marked sent only after the broker's
+`sweep_seconds` for rows other processes committed (at the end of a backlog of its own, not in
+the middle of one, and not while its confirmed rows wait to be marked). A row is marked sent only after the broker's
 confirm, whichever way it came; confirmed rows are marked together, `mark_delay` seconds after
 the first of them (one write transaction instead of one per publish; a crash in between
 publishes them again at start, as for any row not marked yet). Work dispatches (`dispatch.<pool>`) are published `mandatory`: if their pool queue is
 missing it is declared and the publish retried, so work is never confirmed into the void.
+
+No work dispatch is published before it occurs: a ``dispatch.<pool>`` row whose ``occurred``
+is in the future (a run's dispatch staged ahead of its time by the dispatch timer) is held in memory, its body already
+serialised, and published at that time. Outbox reads skip future rows (they never stand in front
+of due ones); the held ones are read once at start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import heapq
 import itertools
 import uuid
 from collections.abc import Callable
@@ -26,6 +34,7 @@ from engine.broker import Broker
 from engine.broker.errors import BrokerError, Unroutable
 from engine.broker.topology import Names
 from engine.schemas import Event
+from engine.states import utcnow
 
 log = structlog.get_logger("flowrelay.relay")
 
@@ -63,7 +72,14 @@ class OutboxRelay:
         #: committed events handed over by the service, not yet published (insertion order)
         self._handed: dict[uuid.UUID, tuple[Event, str]] = {}
         self._read_outbox = True
+        self._read_held = True
         self._last_read = float("-inf")
+        #: events that occur in the future, published when they do: id -> (event, key), and
+        #: a heap of (occurred, id); their bodies serialised ahead
+        self._held: dict[uuid.UUID, tuple[Event, str]] = {}
+        self._held_at: list[tuple[dt.datetime, int, uuid.UUID]] = []
+        self._held_seq = itertools.count()  # ties broken by an int, not by comparing uuids
+        self._bodies: dict[uuid.UUID, bytes] = {}
         self.published = 0
         #: outbox reads (for tests and benchmarks)
         self.reads = 0
@@ -114,6 +130,10 @@ class OutboxRelay:
 
     async def _mark(self) -> None:
         await asyncio.sleep(self.mark_delay)  # let confirms gather: one transaction for them all
+        for _ in range(20):  # a burst in progress (a cron minute's dispatches): mark after it
+            if len(self._handed) < self.batch_size:
+                break
+            await asyncio.sleep(self.mark_delay)
         while self._unmarked:
             ids = list(self._unmarked)
             try:
@@ -129,9 +149,44 @@ class OutboxRelay:
             for event_id in ids:
                 self._unmarked.pop(event_id, None)
 
+    def _hold(self, rows: list[tuple[Event, str]]) -> list[tuple[Event, str]]:
+        """Hold the rows that occur in the future; return the others."""
+        now = utcnow()
+        due = []
+        for event, key in rows:
+            if event.occurred <= now or not key.startswith(DISPATCH_PREFIX):
+                due.append((event, key))
+            elif event.id not in self._held:
+                self._held[event.id] = (event, key)
+                self._bodies[event.id] = event.model_dump_json().encode()
+                heapq.heappush(self._held_at, (event.occurred, next(self._held_seq), event.id))
+        return due
+
+    def _release(self) -> float | None:
+        """Hand over the held events that occur now; seconds until the next one (or None)."""
+        now = utcnow()
+        while self._held_at:
+            when, _, event_id = self._held_at[0]
+            if when > now:
+                return (when - now).total_seconds()
+            heapq.heappop(self._held_at)
+            row = self._held.pop(event_id, None)
+            if row is not None:
+                self._handed[event_id] = row
+                self._wake.set()
+        return None
+
     async def _run(self) -> None:
         backoff = 0.1
         while True:
+            delay = self._release()
+            if delay is not None and not self._wake.is_set():
+                try:  # not wait_for: on 3.11 it can swallow a cancel racing a wake-up
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+                continue
             await self._wake.wait()
             self._wake.clear()
             try:
@@ -144,6 +199,7 @@ class OutboxRelay:
                 # Everything handed over is committed and unsent in the outbox: read it back.
                 self._handed.clear()
                 self._read_outbox = True
+                self._read_held = True
                 log.warning("outbox relay failed; retrying", error=f"{type(exc).__name__}: {exc}",
                             retry_in=backoff)
                 await asyncio.sleep(backoff)
@@ -151,14 +207,26 @@ class OutboxRelay:
                 self._wake.set()
 
     async def _next_batch(self) -> list[tuple[Event, str]]:
+        if self._read_held:  # at start and after a failure: the staged events, all of them
+            self._read_held = False
+            self._hold(await self.service.unsent_events(None, after=utcnow()))
+            self._release()
         now = asyncio.get_running_loop().time()
-        if self._read_outbox or (self._handed and now - self._last_read >= self.sweep_seconds):
+        # Sweep for others' rows when this batch is the last of a backlog of our own (during a
+        # burst of our own, a sweep would mostly read back the rows we are about to publish).
+        # Nor while confirmed rows wait to be marked sent: the read would return those.
+        sweep = (0 < len(self._handed) <= self.batch_size and not self._unmarked
+                 and now - self._last_read >= self.sweep_seconds)
+        if self._read_outbox or sweep:
             self._read_outbox = False
             self._last_read = now
             self.reads += 1
-            rows: list[tuple[Event, str]] = await self.service.unsent_events(self.batch_size)
+            rows: list[tuple[Event, str]] = await self.service.unsent_events(
+                self.batch_size, until=utcnow()
+            )
             for event, _ in rows:
                 self._handed.pop(event.id, None)
+                self._held.pop(event.id, None)  # due now: published from this read
             if len(rows) == self.batch_size:
                 self._read_outbox = True  # more unsent rows than one batch
             # confirmed already, only not marked yet: no need to publish them again
@@ -167,13 +235,28 @@ class OutboxRelay:
                 await asyncio.wait([self._marker])  # or the next read returns them again
             return fresh
         ids = list(itertools.islice(self._handed, self.batch_size))
-        return [self._handed.pop(event_id) for event_id in ids]
+        return self._hold([self._handed.pop(event_id) for event_id in ids])
 
     async def _publish_batch(self) -> bool:
         rows = await self._next_batch()
         if not rows:
             return bool(self._handed) or self._read_outbox
-        results = await asyncio.gather(*(self._publish(e, k) for e, k in rows), return_exceptions=True)
+        messages = [
+            (key, self._bodies.pop(event.id, b"") or event.model_dump_json().encode(),
+             str(event.id), key.startswith(DISPATCH_PREFIX))  # work is never confirmed unrouted
+            for event, key in rows
+        ]
+        results = await self.broker.publish_many(
+            self.names.events, messages, timeout=self.publish_timeout
+        )
+        for index, result in enumerate(results):
+            if isinstance(result, Unroutable) and messages[index][3]:
+                key, body, message_id, _ = messages[index]
+                try:
+                    await self._publish_to_new_pool(key, body, message_id)
+                    results[index] = None
+                except Exception as exc:  # noqa: BLE001 - raised below, with the others
+                    results[index] = exc
         sent = [event.id for (event, _), res in zip(rows, results, strict=True) if res is None]
         if sent:
             self._mark_later(sent)
@@ -187,24 +270,15 @@ class OutboxRelay:
             raise errors[0] if isinstance(errors[0], Exception) else RuntimeError(str(errors[0]))
         return bool(self._handed) or self._read_outbox
 
-    async def _publish(self, event: Event, routing_key: str) -> None:
-        body = event.model_dump_json().encode()
-        dispatch = routing_key.startswith(DISPATCH_PREFIX)
-        try:
-            await self.broker.publish(
-                self.names.events, routing_key, body, message_id=str(event.id),
-                mandatory=dispatch, timeout=self.publish_timeout,
-            )
-        except Unroutable:
-            if not dispatch:
-                raise
-            pool = routing_key[len(DISPATCH_PREFIX):]
-            log.info("declaring work queue for a new pool", pool=pool)
-            await self.ensure_pool(pool)
-            await self.broker.publish(
-                self.names.events, routing_key, body, message_id=str(event.id),
-                mandatory=True, timeout=self.publish_timeout,
-            )
+    async def _publish_to_new_pool(self, routing_key: str, body: bytes, message_id: str) -> None:
+        """A work dispatch no queue took: declare its pool's queue, then publish it again."""
+        pool = routing_key[len(DISPATCH_PREFIX):]
+        log.info("declaring work queue for a new pool", pool=pool)
+        await self.ensure_pool(pool)
+        await self.broker.publish(
+            self.names.events, routing_key, body, message_id=message_id, mandatory=True,
+            timeout=self.publish_timeout,
+        )
 
 
 __all__ = ["DISPATCH_PREFIX", "BrokerError", "OutboxRelay"]

@@ -32,6 +32,7 @@ from engine.broker import (
 from engine.broker.memory import MemoryBroker, topic_matches
 from engine.broker.rabbitmq import RabbitMQBroker, mask_url
 from engine.errors import ObjectNotFound
+from tests.contract.conftest import Connector
 
 WAIT = 10.0  # upper bound for anything that should happen "at once"
 QUIET = 0.3  # how long "nothing more arrives" is watched
@@ -171,6 +172,39 @@ async def test_publish_to_missing_exchange_is_a_topology_error(
     assert (await inbox.wait_for(1))[0].body == b"still works"
 
 
+async def test_unconfirmed_publish_is_delivered_and_never_unroutable(
+    broker: Broker, names: Names, work_queue: str
+) -> None:
+    # Given a consumer on a queue
+    inbox = Inbox()
+    await broker.consume(work_queue, inbox)
+
+    # When messages are published without waiting for confirms, one of them to nowhere
+    await broker.publish("", f"{names.prefix}.nobody-listens", b"lost", confirm=False)
+    await publish_work(broker, work_queue, b"one", b"two", confirm=False, persistent=False)
+
+    # Then the routable ones arrive in order, and the unroutable one was dropped quietly
+    assert [m.body for m in await inbox.wait_for(2)] == [b"one", b"two"]
+
+
+async def test_auto_acked_deliveries_are_gone_once_delivered(
+    broker: Broker, names: Names
+) -> None:
+    # Given a temporary queue consumed with auto_ack by a handler that never settles
+    queue = await broker.declare_queue(QueueSpec.temporary(f"{names.prefix}.auto"))
+    inbox = Inbox(ack=False)
+    consumer = await broker.consume(queue, inbox, prefetch=1, auto_ack=True)
+
+    # When more messages than the prefetch arrive
+    await publish_work(broker, queue, b"a", b"b", b"c")
+
+    # Then all are delivered although none was settled (no prefetch limit), and settling one
+    # afterwards is harmless
+    assert [m.body for m in await inbox.wait_for(3)] == [b"a", b"b", b"c"]
+    await inbox.messages[0].ack()
+    await consumer.cancel(grace=1.0)
+
+
 async def test_redeclaring_with_other_arguments_is_refused(
     broker: Broker, names: Names, work_queue: str, delivery_limit: int
 ) -> None:
@@ -272,6 +306,32 @@ async def test_cancelled_consumer_returns_unacked_to_another(
     assert all(m.redelivered for m in taker.messages)
     await asyncio.sleep(QUIET)
     assert len(taker.messages) == 2
+
+
+async def test_single_active_consumer_gets_everything_until_it_leaves(
+    broker: Broker, names: Names
+) -> None:
+    # Given a single-active-consumer queue with two consumers (an active/passive pair)
+    spec = QueueSpec(names.subscription("sac"), quorum=True, delivery_limit=5,
+                     single_active_consumer=True)
+    queue = await broker.declare_queue(spec)
+    try:
+        first, second = Inbox(), Inbox()
+        active = await broker.consume(queue, first, prefetch=10)
+        await broker.consume(queue, second, prefetch=10)
+        # When messages arrive, only the first consumer gets them, in order
+        for body in (b"1", b"2", b"3"):
+            await broker.publish("", queue, body)
+        await first.wait_for(3)
+        await asyncio.sleep(QUIET)
+        assert first.bodies == [b"1", b"2", b"3"] and second.bodies == []
+        # Then when it goes away, the second takes over
+        await active.cancel()
+        await broker.publish("", queue, b"4")
+        await second.wait_for(1)
+        assert second.bodies == [b"4"]
+    finally:
+        await broker.delete_queue(queue)
 
 
 async def test_closed_connection_returns_unacked_to_another(
@@ -620,3 +680,47 @@ async def test_unreachable_rabbitmq_is_broker_unavailable() -> None:
     assert "s3cret-sentinel" not in str(raised.value)
     with pytest.raises(BrokerUnavailable):
         await broker.publish("", "q", b"{}")
+
+
+# -- connection ------------------------------------------------------------------------------
+
+
+async def test_connected_for_counts_from_connect_and_is_zero_once_closed(
+    connect_another: Connector,
+) -> None:
+    # Given a fresh connection
+    other = await connect_another()
+    first = other.connected_for()
+    await asyncio.sleep(0.05)
+
+    # Then it counts the time since it connected, and nothing once closed
+    assert 0.0 <= first < 5.0
+    assert other.connected_for() >= first + 0.04
+    await other.close()
+    assert other.connected_for() == 0.0
+
+
+async def test_publish_many_gives_each_message_its_own_outcome(
+    broker: Broker, names: Names, work_queue: str
+) -> None:
+    # Given a queue bound to one routing key of a fresh exchange
+    exchange = f"{names.prefix}.many"
+    await broker.declare_exchange(exchange, "topic")
+    await broker.bind(work_queue, exchange, "dispatch.a")
+    inbox = Inbox()
+    await broker.consume(work_queue, inbox)
+    try:
+        # When a batch mixes routable, unroutable-mandatory and unroutable-optional messages
+        outcomes = await broker.publish_many(exchange, [
+            ("dispatch.a", b"1", "m1", True),
+            ("dispatch.b", b"2", "m2", True),
+            ("dispatch.a", b"3", "m3", True),
+            ("other", b"4", "m4", False),
+        ])
+        # Then each has its outcome, in order, and the routable ones arrive in order
+        assert [type(outcome).__name__ for outcome in outcomes] == [
+            "NoneType", "Unroutable", "NoneType", "NoneType"]
+        got = await inbox.wait_for(2)
+        assert [m.body for m in got] == [b"1", b"3"] and [m.message_id for m in got] == ["m1", "m3"]
+    finally:
+        await broker.delete_exchange(exchange)

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from engine.db.group_commit import background
 from engine.db.models import EventRow, FlowRunRow
 from engine.errors import ObjectNotFound
 from engine.service import EngineService
@@ -105,3 +109,30 @@ async def test_exactly_the_committed_outbox_rows_are_handed_over(service: Engine
     assert {event.id: key for event, key in handed} == unsent  # type: ignore[attr-defined]
     runs = [o for o in outcomes if not isinstance(o, BaseException)]
     assert len(handed) == len(runs) + 1 == len(unsent)
+
+
+async def test_background_works_wait_for_every_queued_foreground_work(tmp_path: Path) -> None:
+    # Given a group commit whose batches hold two works, and a writer busy with a first batch
+    order: list[str] = []
+    service = await EngineService.open(f"sqlite+aiosqlite:///{tmp_path / 'bg.db'}")
+    group = service._writer  # noqa: SLF001 - the writer under test
+    group._max_batch = 2  # noqa: SLF001
+
+    def work(name: str) -> Any:
+        async def run(session: AsyncSession) -> str:
+            order.append(name)
+            return name
+        return run
+
+    try:
+        # When background works are queued before foreground ones
+        with background():
+            queued = [asyncio.ensure_future(group.run(work(f"bg{i}"))) for i in range(3)]
+        queued += [asyncio.ensure_future(group.run(work(f"fg{i}"))) for i in range(3)]
+        results = await asyncio.gather(*queued)
+    finally:
+        await service.close()
+
+    # Then every foreground work ran first; background works filled the room left
+    assert sorted(results) == ["bg0", "bg1", "bg2", "fg0", "fg1", "fg2"]
+    assert order == ["fg0", "fg1", "fg2", "bg0", "bg1", "bg2"]

@@ -448,3 +448,16 @@ async def test_not_started_service_says_so(db_url: str) -> None:
     with pytest.raises(RuntimeError, match="start"):
         await svc.read_flow_runs()
     await svc.close()
+
+
+async def test_a_final_state_resent_with_its_logs_is_accepted_once(service: EngineService) -> None:
+    # Given a run whose final state (with its last logs) was committed but whose reply was lost
+    run = await service.create_flow_run("etl", {})
+    await service.set_flow_run_state(run.id, Running())
+    logs = [LogRecord(flow_run_id=run.id, message="done", level=20)]
+    await service.set_flow_run_state(run.id, completed(), logs=logs)
+    # When the worker sends the same state and logs again
+    again = await service.set_flow_run_state(run.id, completed(), logs=logs)
+    # Then it is answered, and the logs are stored once
+    assert again.state is not None and again.state.name == "Completed"
+    assert [r.message for r in await service.read_logs(run.id)] == ["done"]

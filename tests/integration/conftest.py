@@ -10,10 +10,27 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2,
+               what: str = "condition") -> T:
+    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout:g} s (last value: {value!r})")
+        time.sleep(interval)
+
 
 FLOWS = Path(__file__).parent / "flows" / "chain.py"
 FLOWRELAY = str(Path(sys.executable).with_name("flowrelay"))
@@ -22,8 +39,9 @@ pytestmark = pytest.mark.rabbitmq
 
 
 class Cluster:
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, flows: Path = FLOWS) -> None:
         self.env = env
+        self.flows = flows
         self.workdir = workdir
         self.procs: list[subprocess.Popen[str]] = []
         self.record = Path(env["FLOWRELAY_TEST_RECORD"])
@@ -73,11 +91,11 @@ class Cluster:
 
     def deploy(self, flow_fn: str, name: str | None = None, *extra: str) -> str:
         name = name or self.deployment
-        self.cli("deploy", f"{FLOWS}:{flow_fn}", "--name", name, "--pool", self.pool, *extra)
+        self.cli("deploy", f"{self.flows}:{flow_fn}", "--name", name, "--pool", self.pool, *extra)
         return name
 
     def python(self, code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-c", code], env={**self.env, "PYTHONPATH": str(FLOWS.parent)},
+        return subprocess.run([sys.executable, "-c", code], env={**self.env, "PYTHONPATH": str(self.flows.parent)},
                               cwd=self.workdir, capture_output=True, text=True, timeout=timeout)
 
     def records(self, name: str | None = None) -> list[list[str]]:
@@ -102,8 +120,10 @@ class Cluster:
             proc._flowrelay_log.close()  # type: ignore[attr-defined]
 
 
-@pytest.fixture
-def cluster(amqp_url: str, tmp_path: Path) -> Iterator[Cluster]:
+def cluster_env(amqp_url: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of a test cluster: its own home, SQLite database, record file and broker
+    prefix; a 3 s heartbeat timeout; no HTTP API (several servers would share its port: a test
+    that wants it sets FLOWRELAY_API__ENABLED and FLOWRELAY_API__PORT)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWRELAY_")}
     env.update({
         "FLOWRELAY_HOME": str(tmp_path / "home"),
@@ -114,7 +134,14 @@ def cluster(amqp_url: str, tmp_path: Path) -> Iterator[Cluster]:
         "FLOWRELAY_LOGGING__FORMAT": "json",
         "FLOWRELAY_TEST_RECORD": str(tmp_path / "record.txt"),
         "FLOWRELAY_BROKER__PREFIX": f"frtest-{uuid.uuid4().hex[:10]}",
+        "FLOWRELAY_API__ENABLED": "false",
     })
+    return env
+
+
+@pytest.fixture
+def cluster(amqp_url: str, tmp_path: Path) -> Iterator[Cluster]:
+    env = cluster_env(amqp_url, tmp_path)
     c = Cluster(env, tmp_path)
     try:
         yield c
@@ -134,7 +161,8 @@ def _delete_topology(url: str, prefix: str, pools: list[str]) -> None:
 
     async def main() -> None:
         async with from_url(url, connection_name="flowrelay-test-cleanup") as broker:
-            for queue in [names.commands, names.dead, *(names.pool(p) for p in pools)]:
+            for queue in [names.commands, names.dead, names.subscription("automations"),
+                          *(names.pool(p) for p in pools)]:
                 try:
                     await broker.delete_queue(queue)
                 except Exception:  # noqa: BLE001 - absent is fine

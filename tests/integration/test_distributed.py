@@ -11,19 +11,11 @@ import time
 
 import pytest
 
-from tests.integration.conftest import FLOWRELAY, Cluster
+from tests.integration.conftest import FLOWRELAY, Cluster, wait_until
 
 pytestmark = pytest.mark.rabbitmq
 
 
-def wait_until(predicate, timeout: float = 30.0, interval: float = 0.2):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def test_deploy_run_watch(cluster: Cluster) -> None:

@@ -107,19 +107,19 @@ async def test_events_handed_over_but_not_published_are_read_back_and_published(
     names = Names()
     await broker.declare_exchange(names.events, "topic")
     events = await _tail(broker, names, "flow-run.#")
-    publish = broker.publish
+    publish_many = broker.publish_many
     failures = []
 
-    async def flaky(*args, **kwargs):
+    async def flaky(exchange, messages, **kwargs):
         if not failures:
-            failures.append(args)
-            raise BrokerUnavailable("the broker hiccups once")
-        return await publish(*args, **kwargs)
+            failures.append(messages)
+            return [BrokerUnavailable("the broker hiccups once") for _ in messages]
+        return await publish_many(exchange, messages, **kwargs)
 
     async with Server(settings, broker=broker) as server:
         await asyncio.sleep(0.1)
         reads = server.relay.reads
-        broker.publish = flaky  # type: ignore[method-assign]
+        broker.publish_many = flaky  # type: ignore[method-assign]
         # When the publish of a handed-over event fails
         run = await server.service.create_flow_run("etl", {})
         got = await asyncio.wait_for(events.get(), 5)
@@ -210,3 +210,61 @@ async def test_runs_of_a_silent_worker_are_crashed(settings) -> None:
                 break
         assert current.state.name == "Crashed"
         assert "w-1" in current.state.message and "heartbeat" in current.state.message
+
+
+async def _pool_inbox(broker, names: Names, pool: str) -> list[tuple[float, str]]:
+    """(arrival wall time, run id) of each work message the pool's queue receives."""
+    got: list[tuple[float, str]] = []
+
+    async def on(message):
+        got.append((utcnow().timestamp(), json.loads(message.body)["payload"]["flow_run_id"]))
+        await message.ack()
+
+    await broker.consume(names.pool(pool), on, prefetch=100)
+    return got
+
+
+async def test_a_staged_dispatch_is_published_at_its_time_even_across_a_restart(
+    settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a server that stages dispatches 3 s ahead, and two runs due in 1.5 s
+    monkeypatch.setenv("FLOWRELAY_SERVER__DISPATCH_AHEAD_SECONDS", "3")
+    settings = load_settings()
+    broker = from_url(settings.broker.url)
+    await broker.connect()
+    names = Names()
+    server = Server(settings, broker=broker)
+    await server.start()
+    await server.service.register_deployment(DeploymentSpec(
+        name="d", flow_name="etl", entrypoint="flows/etl.py:etl", work_pool="staged"))
+    await server.ensure_pool("staged")
+    inbox = await _pool_inbox(broker, names, "staged")
+    when = utcnow() + dt.timedelta(seconds=1.5)
+    runs = [await server.service.create_deployment_run("etl/d", scheduled_time=when)
+            for _ in range(2)]
+
+    # When the timer has staged them (their database work done) ...
+    for _ in range(50):
+        stamped = [(await server.service.read_flow_run(r.id)).state_name for r in runs]
+        if not await server.service.due_runs():
+            break
+        await asyncio.sleep(0.05)
+    assert await server.service.due_runs() == [] and stamped == ["Scheduled", "Scheduled"]
+    # ... the server stops before their time, and another starts
+    await server.stop()
+    assert inbox == [] and utcnow() < when
+    server = Server(settings, broker=broker)
+    await server.start()
+    try:
+        for _ in range(100):
+            if len(inbox) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # room for a duplicate to show up
+    finally:
+        await server.stop()
+        await broker.close()
+
+    # Then each run's work message reached its pool once, not before its time
+    assert sorted(run_id for _, run_id in inbox) == sorted(str(run.id) for run in runs)
+    assert all(arrived >= when.timestamp() for arrived, _ in inbox), (inbox, when)

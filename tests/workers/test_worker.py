@@ -99,29 +99,64 @@ async def test_bad_dispatch_messages_are_dead_lettered_and_the_worker_keeps_serv
     assert (await service.read_flow_run(good)).state.name == "Completed"
 
 
-async def test_a_transient_claim_failure_requeues_the_dispatch(flows, service, dispatch, make_worker):
+@pytest.mark.parametrize(("failures", "requeued"), [(1, 0), (3, 1)])
+async def test_a_transient_claim_failure_is_proposed_again_then_requeued(
+    flows, service, dispatch, make_worker, failures, requeued
+):
     class Flaky:
-        """The service, with one claim lost on the way (as if the broker dropped)."""
+        """The service, with claims lost on the way (as if the broker dropped)."""
 
         def __init__(self) -> None:
-            self.failures = 1
+            self.failures = failures
 
         def __getattr__(self, name):
             return getattr(service, name)
 
-        async def set_flow_run_state(self, flow_run_id, state, *, force=False):
+        async def set_flow_run_state(self, flow_run_id, state, **options):
             if state.is_pending() and self.failures:
                 self.failures -= 1
                 raise BrokerUnavailable("connection lost")
-            return await service.set_flow_run_state(flow_run_id, state, force=force)
+            return await service.set_flow_run_state(flow_run_id, state, **options)
 
     worker = make_worker("inline", api=Flaky())
     run_id = await dispatch(f"{flows}:append", tag="x")
 
     stats = await worker.run_until_idle(timeout=30)
 
-    assert stats.requeued == 1 and stats.claimed == 1
+    # proposed again up to 3 times by the same worker, then the dispatch goes back to the queue
+    assert stats.requeued == requeued and stats.claimed == 1
     assert (await service.read_flow_run(run_id)).state.name == "Completed"
+
+
+async def test_a_claim_committed_but_unanswered_is_kept_by_its_worker(
+    flows, service, dispatch, make_worker, tmp_path
+):
+    """Regression (tests/faults/test_server_kill.py): the server committed the claim and died
+    before replying. The worker proposes it again (an accepted duplicate) and runs the run; a
+    requeued dispatch would have reached another worker, been refused, and left it Pending."""
+
+    class LostReply:
+        def __init__(self) -> None:
+            self.lost = 1
+
+        def __getattr__(self, name):
+            return getattr(service, name)
+
+        async def set_flow_run_state(self, flow_run_id, state, **options):
+            result = await service.set_flow_run_state(flow_run_id, state, **options)
+            if state.is_pending() and self.lost:
+                self.lost -= 1
+                raise TimeoutError("no reply")
+            return result
+
+    worker = make_worker("inline", api=LostReply())
+    run_id = await dispatch(f"{flows}:append", tag="x")
+
+    stats = await worker.run_until_idle(timeout=30)
+
+    assert stats.claimed == 1 and stats.requeued == 0 and stats.claimed_elsewhere == 0
+    assert (await service.read_flow_run(run_id)).state.name == "Completed"
+    assert len((tmp_path / "runs.log").read_text().splitlines()) == 1  # executed once
 
 
 async def test_heartbeats_name_the_running_runs(flows, service, dispatch, make_worker):

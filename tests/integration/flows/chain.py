@@ -109,3 +109,16 @@ def crashy(marker: str = "") -> str:
 def typed(n: int) -> int:
     record("typed")
     return n * 2
+
+
+@flow(name="upstream")
+def upstream(batch_id: str = "b-0") -> dict[str, str]:
+    """Seed 002's upstream: its result feeds the downstream run's parameters."""
+    record("upstream", batch_id)
+    return {"batch_id": batch_id}
+
+
+@flow(name="downstream")
+def downstream(upstream_batch_id: str) -> str:
+    record("downstream", upstream_batch_id)
+    return f"processed {upstream_batch_id}"

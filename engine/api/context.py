@@ -1,0 +1,68 @@
+"""What the API's handlers work with: the server's engine service, its rule engine, the event
+hub of the live stream and the metrics, gathered once per server."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import structlog
+from fastapi import Request
+
+from engine.api.metrics import Metrics
+from engine.api.stream import EventHub
+from engine.schemas import Event
+from engine.service import EngineService
+from engine.settings import ApiSettings
+
+if TYPE_CHECKING:
+    from automations.service import AutomationsService
+    from engine.server.app import Server
+
+log = structlog.get_logger("flowrelay.api")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("flowrelay")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source checkout
+        return "0+unknown"
+
+
+@dataclass
+class ApiContext:
+    settings: ApiSettings
+    service: EngineService
+    automations: AutomationsService | None = None
+    hub: EventHub = field(default_factory=EventHub)
+    metrics: Metrics = field(default_factory=Metrics)
+    version: str = field(default_factory=_version)
+
+    @classmethod
+    def for_server(cls, server: Server) -> ApiContext:
+        """The context of `server`, fed with every event its relay publishes."""
+        ctx = cls(
+            settings=server.settings.api, service=server.service, automations=server.automations,
+            hub=EventHub(server.settings.api.stream_buffer),
+        )
+        server.published_listeners.append(ctx.on_published)
+        return ctx
+
+    def on_published(self, event: Event, routing_key: str) -> None:
+        """The relay's callback: count the event, hand it to the stream clients. Never raises
+        (it runs on the relay's task)."""
+        try:
+            self.metrics.observe(event, routing_key)
+            if not routing_key.startswith("dispatch."):
+                self.hub.publish(event)
+        except Exception:  # noqa: BLE001 - the relay must go on whatever happens here
+            log.exception("could not hand a published event to the API", event_id=str(event.id))
+
+
+def context(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
+
+
+__all__ = ["ApiContext", "context"]

@@ -1,0 +1,107 @@
+"""GET /metrics: Prometheus text, scraped before and after work; the figures move as they should."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from engine.schemas import Event
+from tests.api.conftest import Api, until
+from workers.worker import Worker
+
+
+async def scrape(api: Api) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    answer = await api.client.get("/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_follow_the_work(api: Api) -> None:
+    # Given a deployment, a rule that runs it on batch.ready, and a worker
+    await api.deploy("report/main", flow_fn="report")
+    await api.server.automations.apply_automations([{"source": "rules.yaml", "text": """
+automations:
+  - name: report-when-ready
+    trigger: {type: event, expect: [batch.ready]}
+    actions:
+      - {type: run-deployment, deployment: report/main, parameters: {batch_id: "{{ event.payload.b }}"}}
+"""}])
+    before = await scrape(api)
+    assert value(before, "flowrelay_flow_runs", state_type="COMPLETED", state="Completed") == 0
+    assert value(before, "flowrelay_api_events_received_total") == 0
+    assert ("flowrelay_outbox_backlog", ()) in before
+
+    worker = Worker(api.server.broker, api.server.service, pool="default", concurrency=2, mode="inline",
+                    heartbeat_interval=0.1, drain_timeout=5)
+    await api.server.ensure_pool("default")
+    await worker.start()
+    try:
+        # When two events come in over HTTP and a run is finished by hand
+        for b in ("b-1", "b-2"):
+            sent = await api.client.post("/api/events", json={"event": "batch.ready", "payload": {"b": b}})
+            assert sent.status_code == 202
+        await api.finished_run("adhoc")
+        await api.server.service.emit_event(Event(event="poke.me"))
+        # (an inline worker sends no heartbeats: one arrives as a remote worker's would)
+        await api.server.heartbeats.beat("worker-1", "default", [])
+
+        async def two_completed() -> bool:
+            runs = (await api.client.get("/api/flow-runs", params={"deployment": "report/main",
+                                                                   "state": "Completed"})).json()
+            return runs["total"] == 2
+
+        await until(two_completed, what="two Completed report runs")
+
+        async def settled() -> dict:
+            samples = await scrape(api)
+            done = (value(samples, "flowrelay_automation_firings_total", automation="report-when-ready") == 2
+                    and value(samples, "flowrelay_event_to_action_latency_seconds_count",
+                              action="run-deployment", outcome="executed") == 2)
+            return samples if done else {}
+
+        after = await until(settled, what="firings, latencies and heartbeats in /metrics")
+    finally:
+        await worker.stop()
+
+    # Then: runs by state, events in and out, rule engine counters, latencies, workers
+    assert value(after, "flowrelay_flow_runs", state_type="COMPLETED", state="Completed") == 3
+    assert value(after, "flowrelay_api_events_received_total") == 2
+    assert value(after, "flowrelay_events_published_total", kind="flow-run") >= 9
+    assert value(after, "flowrelay_events_published_total", kind="custom") >= 3
+    assert value(after, "flowrelay_events_published_total", kind="automation") >= 4
+    assert value(after, "flowrelay_runs_dispatched_total", pool="default") == 2
+    assert value(after, "flowrelay_dispatch_latency_seconds_count", pool="default") == 2
+    assert value(after, "flowrelay_rule_evaluations_total") >= 2
+    assert value(after, "flowrelay_rule_matches_total", automation="report-when-ready") == 2
+    assert value(after, "flowrelay_automation_action_failures_total", automation="report-when-ready") == 0
+    assert value(after, "flowrelay_automation_enabled", automation="report-when-ready") == 1
+    assert value(after, "flowrelay_dead_lettered_total", consumer="automations") == 0
+    assert value(after, "flowrelay_outbox_events_total") > value(before, "flowrelay_outbox_events_total")
+    assert value(after, "flowrelay_workers", pool="default") == 1
+    assert 0 <= value(after, "flowrelay_worker_heartbeat_age_seconds", worker="worker-1", pool="default") < 10
+    assert ("flowrelay_worker_runs", (("pool", "default"), ("worker", "worker-1"))) in after
+
+
+async def test_outbox_backlog_counts_unsent_events(api: Api) -> None:
+    # The relay is stopped: what is committed now stays unsent
+    await api.server.relay.stop()
+    for _ in range(3):
+        await api.server.service.emit_event(Event(event="stuck.here"))
+    samples = await scrape(api)
+    assert value(samples, "flowrelay_outbox_backlog") == 3
+    await api.server.relay.start()
+
+    async def drained() -> bool:
+        return value(await scrape(api), "flowrelay_outbox_backlog") == 0
+
+    await until(drained, what="the backlog published")
+    await asyncio.sleep(0)
