@@ -175,7 +175,10 @@ async def run_deployment(
     )
     if not wait:
         return run
-    run = await _wait(run.id, _default_timeout(timeout), run.flow_name, since)
+    if run.state is None or not run.state.is_final():
+        # With a key the run may be older than this call, its events long gone: read it first.
+        reused = idempotency_key is not None or mirror.idempotency_key is not None
+        run = await _wait(run.id, _default_timeout(timeout), run.flow_name, None if reused else since)
     await mirror.mirror(run)
     return run
 

@@ -54,12 +54,17 @@ automations:
         # (an inline worker sends no heartbeats: one arrives as a remote worker's would)
         await api.server.heartbeats.beat("worker-1", "default", [])
 
-        async def two_completed() -> bool:
-            runs = (await api.client.get("/api/flow-runs", params={"deployment": "report/main",
-                                                                   "state": "Completed"})).json()
-            return runs["total"] == 2
+        seen: list[tuple[str, str]] = []
 
-        await until(two_completed, what="two Completed report runs")
+        async def two_completed() -> bool:
+            runs = (await api.client.get("/api/flow-runs", params={"deployment": "report/main"})).json()
+            seen[:] = [(run["state_name"], run["state_message"] or "") for run in runs["items"]]
+            return [name for name, _ in seen] == ["Completed", "Completed"]
+
+        try:
+            await until(two_completed, timeout=30, what="two Completed report runs")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the report runs: {seen}") from None
 
         async def settled() -> dict:
             samples = await scrape(api)
@@ -68,7 +73,7 @@ automations:
                               action="run-deployment", outcome="executed") == 2)
             return samples if done else {}
 
-        after = await until(settled, what="firings, latencies and heartbeats in /metrics")
+        after = await until(settled, timeout=30, what="firings, latencies and heartbeats in /metrics")
     finally:
         await worker.stop()
 

@@ -105,18 +105,24 @@ class Cluster:
         return [r for r in rows if name is None or r[0] == name]
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
+        """SIGTERM everything: workers (and other clients) first, servers once those are gone — a
+        worker draining a run reports its final state to a server, which must still be there."""
+        servers = [p for p in self.procs if p.args[1:2] == ["server"]]
+        others = [p for p in self.procs if p not in servers]
+        for group in (others, servers):
+            for proc in reversed(group):
+                if proc.poll() is None:
+                    try:
+                        os.killpg(proc.pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+            for proc in group:
                 try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=5)
         for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
             proc._flowrelay_log.close()  # type: ignore[attr-defined]
 
 
