@@ -251,6 +251,11 @@ class Broker(ABC):
         """Drop the ready messages of `queue`; return how many."""
 
     @abstractmethod
+    async def message_count(self, queue: str) -> int:
+        """How many messages of `queue` are ready (not delivered and unsettled); TopologyError
+        if there is no such queue."""
+
+    @abstractmethod
     async def delete_queue(self, queue: str) -> None:
         """Delete `queue` (no error if it does not exist); its consumers are cancelled."""
 

@@ -523,6 +523,10 @@ class MemoryBroker(Broker):
         target.ready.clear()
         return count
 
+    async def message_count(self, queue: str) -> int:
+        self._check_open()
+        return len(self._queue(queue).ready)
+
     async def delete_queue(self, queue: str) -> None:
         self._check_open()
         if queue in self.server.queues:

@@ -238,6 +238,12 @@ class RabbitMQBroker(Broker):
                 result = await channel.queue_purge(queue, timeout=self._timeout)
         return int(result.message_count or 0)
 
+    async def message_count(self, queue: str) -> int:
+        async with self._translated(f"count the messages of queue {queue!r}"):
+            async with self._admin_channel() as channel:
+                result = await channel.queue_declare(queue, passive=True, timeout=self._timeout)
+        return int(result.message_count or 0)
+
     async def delete_queue(self, queue: str) -> None:
         for consumer in [c for c in self._consumers if c.queue == queue]:
             await consumer.cancel()

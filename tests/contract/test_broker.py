@@ -414,6 +414,19 @@ async def test_rejected_message_is_dead_lettered_with_reason(
     assert corpse.routing_key == work_queue
 
 
+async def test_message_count_is_what_waits_in_the_queue(
+    broker: Broker, names: Names, work_queue: str
+) -> None:
+    assert await broker.message_count(work_queue) == 0
+    for body in (b"a", b"b", b"c"):
+        await publish_work(broker, work_queue, body)
+    assert await broker.message_count(work_queue) == 3
+    assert await broker.purge(work_queue) == 3
+    assert await broker.message_count(work_queue) == 0
+    with pytest.raises(TopologyError, match="no-such-queue"):
+        await broker.message_count(f"{names.prefix}.no-such-queue")
+
+
 async def test_nack_without_requeue_dead_letters(
     broker: Broker, names: Names, work_queue: str
 ) -> None:
