@@ -34,6 +34,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+import structlog
 from sqlalchemy import event as sa_event
 from sqlalchemy import insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -83,6 +84,8 @@ from engine.states import Crashed, Pending, Scheduled, State, StateType, utcnow
 
 T = TypeVar("T")
 
+log = structlog.get_logger("flowrelay.service")
+
 #: `(event, routing key)` pairs of committed outbox rows, as handed to event listeners
 OutboxEvents = list[tuple[Event, str]]
 _HAND_OVER = "flowrelay_hand_over"
@@ -128,6 +131,7 @@ class EngineService:
         self._writer: GroupCommit | None = None
         self._commit_listeners: list[Callable[[], None]] = []
         self._event_listeners: list[Callable[[OutboxEvents], None]] = []
+        self._log_listeners: list[Callable[[Sequence[LogRecord]], None]] = []
         #: flow name → id, of flow rows known to be committed (flows are never deleted)
         self._flow_ids: dict[str, uuid.UUID] = {}
 
@@ -232,6 +236,20 @@ class EngineService:
         other processes, or by statements that bypass the ORM, are not handed over: they stay in
         the outbox for `unsent_events`."""
         self._event_listeners.append(listener)
+
+    def add_log_listener(self, listener: Callable[[Sequence[LogRecord]], None]) -> None:
+        """Call `listener(records)` with the log lines of every `write_logs` (and the last lines
+        sent with a final state) of this service, once committed: the HTTP API's live stream
+        tells its clients that a run has new lines. Called on the service's loop; it must not
+        block. A listener that raises is logged and skipped: the lines are stored either way."""
+        self._log_listeners.append(listener)
+
+    def _logs_stored(self, records: Sequence[LogRecord]) -> None:
+        for listener in self._log_listeners:
+            try:
+                listener(records)
+            except Exception:  # noqa: BLE001 - the caller's lines are committed: never fail it
+                log.exception("log listener failed", lines=len(records))
 
     def _hand_over_rows(self, rows: list[EventRow]) -> None:
         if self._event_listeners:
@@ -405,9 +423,12 @@ class EngineService:
         final state) are written in that transaction whatever the answer."""
         self._check_result(state)
         log_rows = [repo.log_row(record) for record in logs or ()]
-        return await self._transact(
+        answer = await self._transact(
             lambda session: self._propose(session, flow_run_id, state, force=force, logs=log_rows)
         )
+        if logs and self._log_listeners:
+            self._logs_stored(logs)
+        return answer
 
     async def _propose(
         self,
@@ -627,9 +648,10 @@ class EngineService:
         )
 
     async def release_orphaned_claims(self, claimed_before: dt.datetime) -> list[FlowRun]:
-        """Put back to Scheduled (dispatched again, no retry used) the deployment runs Pending
-        since before `claimed_before` that their live worker does not hold (see
-        `engine.db.workers.orphaned_claims`); returns them as they now are."""
+        """The deployment runs Pending or Running since before `claimed_before` that their live
+        worker does not hold (see `engine.db.workers.orphaned_claims`): a Pending one goes back
+        to Scheduled (dispatched again, no retry used), a Running one is proposed Crashed (the
+        deployment's crash retries apply). Returns them as they now are."""
 
         async def release(session: AsyncSession) -> list[FlowRun]:
             released = []
@@ -641,16 +663,25 @@ class EngineService:
                     .execution_options(populate_existing=True)
                 )
                 current = repo.current_state(row) if row is not None else None
-                if current is None or current.type is not StateType.PENDING:
+                if current is None or current.type not in (StateType.PENDING, StateType.RUNNING):
                     continue
                 if current.details.worker_id != worker_id or current.timestamp >= claimed_before:
                     continue  # claimed again since the query
-                state = Scheduled(
-                    message=f"worker {worker_id!r} does not hold this run it claimed (its "
-                    "heartbeats do not list it): scheduled again (no retry used)",
-                    lost_worker_id=worker_id,
-                )
-                answer = await self._propose(session, run_id, state, force=True)
+                state: State
+                if current.type is StateType.PENDING:
+                    state = Scheduled(
+                        message=f"worker {worker_id!r} does not hold this run it claimed (its "
+                        "heartbeats do not list it): scheduled again (no retry used)",
+                        lost_worker_id=worker_id,
+                    )
+                    answer = await self._propose(session, run_id, state, force=True)
+                else:
+                    state = Crashed(
+                        message=f"worker {worker_id!r} is alive but no longer holds this run (its "
+                        "heartbeats do not list it): its run is presumed lost",
+                        lost_worker_id=worker_id,
+                    )
+                    answer = await self._propose(session, run_id, state)
                 await session.flush()
                 session.expunge_all()
                 if isinstance(answer.run, FlowRun):
@@ -834,6 +865,8 @@ class EngineService:
             await session.execute(insert(LogRow), rows)
 
         await self._transact(insert_logs, events=False)
+        if self._log_listeners:
+            self._logs_stored(logs)
 
     async def read_logs(self, flow_run_id: uuid.UUID, limit: int = 1000) -> list[LogRecord]:
         """The run's logs (its tasks' included), oldest first."""

@@ -40,27 +40,27 @@ async def record(
 async def orphaned_claims(
     session: AsyncSession, claimed_before: dt.datetime
 ) -> list[tuple[uuid.UUID, str]]:
-    """Deployment runs still Pending since before `claimed_before` whose worker, heard after
-    that, did not list them in its heartbeat: the worker does not have them (its claim was
-    committed but the answer never reached it, say), so nobody will ever run them. `(run id,
-    worker id)` pairs."""
+    """Deployment runs Pending or Running under a worker since before `claimed_before` whose
+    worker, heard after that, did not list them in its heartbeat: the worker does not have them
+    (a claim committed whose answer never reached it; a run whose final state it gave up
+    reporting), so nobody will ever finish them. `(run id, worker id)` pairs."""
     worker = FlowRunRow.state_details["worker_id"].as_string()
     query = select(FlowRunRow.id, worker).where(
-        FlowRunRow.state_type == StateType.PENDING.value,
+        FlowRunRow.state_type.in_((StateType.PENDING.value, StateType.RUNNING.value)),
         FlowRunRow.deployment_id.is_not(None),
         FlowRunRow.state_timestamp < claimed_before,
     )
-    pending = [(run_id, w) for run_id, w in await session.execute(query) if w]
-    if not pending:
+    held = [(run_id, w) for run_id, w in await session.execute(query) if w]
+    if not held:
         return []
     rows = await session.execute(
         select(WorkerHeartbeatRow.worker_id, WorkerHeartbeatRow.flow_run_ids).where(
-            WorkerHeartbeatRow.worker_id.in_({w for _, w in pending}),
+            WorkerHeartbeatRow.worker_id.in_({w for _, w in held}),
             WorkerHeartbeatRow.last_seen >= claimed_before,
         )
     )
     listed = {w: set(ids or ()) for w, ids in rows}
-    return [(run_id, w) for run_id, w in pending if w in listed and str(run_id) not in listed[w]]
+    return [(run_id, w) for run_id, w in held if w in listed and str(run_id) not in listed[w]]
 
 
 async def silent(session: AsyncSession, before: dt.datetime) -> list[tuple[str, dt.datetime]]:

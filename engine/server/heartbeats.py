@@ -112,5 +112,6 @@ class HeartbeatMonitor:
                             state=run.state.name if run.state else None)
         for run in await self.service.release_orphaned_claims(before):
             extra = (run.state.details.model_extra or {}) if run.state else {}
-            log.warning("orphaned claim: its worker does not hold the run", flow_run_id=str(run.id),
-                        worker_id=extra.get("lost_worker_id"))
+            log.warning("orphaned run: its live worker does not hold it", flow_run_id=str(run.id),
+                        worker_id=extra.get("lost_worker_id"),
+                        state=run.state.name if run.state else None)

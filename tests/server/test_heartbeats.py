@@ -219,6 +219,38 @@ async def test_a_claim_its_live_worker_never_learnt_of_is_scheduled_again(
     assert (await b.set_flow_run_state(orphan.id, Pending(worker_id="w-2"))).accepted
 
 
+async def test_a_running_run_its_live_worker_no_longer_holds_is_crashed(
+    services: tuple[EngineService, EngineService],
+    monitors: tuple[HeartbeatMonitor, HeartbeatMonitor],
+    clock: Clock,
+) -> None:
+    # Given a run Running under worker w-1, which gave up reporting its final state (the engine
+    # was unreachable for longer than runtime.report_timeout_seconds) and so dropped it
+    a, b = services
+    mon_a, mon_b = monitors
+    held, lost = await deployment_run(a), await a.create_deployment_run("etl/nightly")
+    for run in (held, lost):
+        assert (await a.set_flow_run_state(run.id, Pending(worker_id="w-1"))).accepted
+        assert (await a.set_flow_run_state(run.id, Running(worker_id="w-1"))).accepted
+
+    # When w-1 stays alive, beating without that run, for less than the timeout: nothing yet
+    await mon_a.beat("w-1", "pool-a", [str(held.id)])
+    clock.jump(TIMEOUT * 0.5)
+    await mon_b.check()
+    assert (await a.read_flow_run(lost.id)).state_name == "Running"
+    # and past it
+    for _ in range(2):
+        clock.jump(TIMEOUT * 0.75)
+        await mon_a.beat("w-1", "pool-a", [str(held.id)])
+        await mon_b.check()
+
+    # Then the lost run is Crashed, once, saying why; the held run is untouched
+    read = await a.read_flow_run(lost.id)
+    assert read.state_name == "Crashed" and "no longer holds" in (read.state.message or "")
+    assert [s.name for s in await a.read_flow_run_states(lost.id)] == ["Scheduled", "Pending", "Running", "Crashed"]
+    assert (await a.read_flow_run(held.id)).state_name == "Running"
+
+
 async def test_a_server_that_could_not_hear_judges_nobody(
     services: tuple[EngineService, EngineService], clock: Clock,
 ) -> None:
