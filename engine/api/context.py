@@ -1,5 +1,6 @@
 """What the API's handlers work with: the server's engine service, its rule engine, the event
-hub of the live stream and the metrics, gathered once per server."""
+hub of the live stream (with its notices of new log lines) and the metrics, gathered once per
+server."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import structlog
 from fastapi import Request
 
 from engine.api.metrics import Metrics
-from engine.api.stream import EventHub
+from engine.api.stream import EventHub, LogNotices
 from engine.schemas import Event
 from engine.service import EngineService
 from engine.settings import ApiSettings
@@ -38,15 +39,22 @@ class ApiContext:
     hub: EventHub = field(default_factory=EventHub)
     metrics: Metrics = field(default_factory=Metrics)
     version: str = field(default_factory=_version)
+    #: ``flow-run.logs`` frames on `hub` (`for_server` makes it the service's log listener)
+    log_notices: LogNotices = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_notices = LogNotices(self.hub)
 
     @classmethod
     def for_server(cls, server: Server) -> ApiContext:
-        """The context of `server`, fed with every event its relay publishes."""
+        """The context of `server`, fed with every event its relay publishes and told of every
+        log line its engine service stores."""
         ctx = cls(
             settings=server.settings.api, service=server.service, automations=server.automations,
             hub=EventHub(server.settings.api.stream_buffer),
         )
         server.published_listeners.append(ctx.on_published)
+        server.service.add_log_listener(ctx.log_notices.stored)
         return ctx
 
     def on_published(self, event: Event, routing_key: str) -> None:

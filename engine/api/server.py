@@ -136,6 +136,7 @@ class ApiServer:
     async def stop(self) -> None:
         """End the event streams, then stop uvicorn; cancel it if it takes longer than
         `STOP_TIMEOUT` (plus a second)."""
+        self.context.log_notices.close()
         self.context.hub.close()
         if self._uvicorn is not None and self._task is not None:
             self._uvicorn.should_exit = True

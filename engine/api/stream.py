@@ -12,6 +12,12 @@ Frames::
     id: 5b0e...
     data: {"id": "5b0e...", "event": "flow-run.Completed", "resource": {...}, ...}
 
+Besides the published events, `LogNotices` says when a run has new log lines: a
+``flow-run.logs`` frame (``resource.id`` ``flow-run/<uuid>``, ``payload.count`` the lines stored
+since the last one), at most one per run every `LOG_NOTICE_INTERVAL` seconds however many lines
+the run writes. These are not events: they never enter the outbox, the broker or the rule
+engine, and only the server that stored the lines sends them (the lines themselves are read
+with ``GET /api/flow-runs/{id}/logs``).
 """
 
 from __future__ import annotations
@@ -19,15 +25,22 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import re
-from collections.abc import AsyncIterator
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 
 import structlog
 
-from engine.schemas import Event
+from engine.schemas import Event, LogRecord
 
 log = structlog.get_logger("flowrelay.api.stream")
 
 _LINE_BREAKS = re.compile(r"[\r\n]+")
+
+#: The name of the frames saying a run has new log lines.
+LOGS_EVENT = "flow-run.logs"
+#: The shortest time between two `LOGS_EVENT` frames of one run, in seconds.
+LOG_NOTICE_INTERVAL = 0.1
 
 
 def encode(event: Event) -> bytes:
@@ -140,4 +153,52 @@ class EventHub:
         self._subscriptions.clear()
 
 
-__all__ = ["EventHub", "Subscription", "encode"]
+class LogNotices:
+    """Turns stored log lines into `LOGS_EVENT` frames on `hub`, coalesced: the first lines
+    after a quiet `interval` are told at once, the lines stored during the next `interval` in
+    one frame per run at its end. A run logging 10,000 lines in a second gets about ten frames.
+
+    `stored` is the engine service's log listener; it runs on the server's loop."""
+
+    def __init__(self, hub: EventHub, interval: float = LOG_NOTICE_INTERVAL) -> None:
+        self.hub = hub
+        self.interval = interval
+        #: lines stored and not told yet, by flow run
+        self._pending: Counter[uuid.UUID] = Counter()
+        self._timer: asyncio.TimerHandle | None = None
+        self._last = float("-inf")  # loop time of the last flush
+
+    def stored(self, records: Sequence[LogRecord]) -> None:
+        if not self.hub.clients:
+            return  # nobody to tell: keep nothing
+        self._pending.update(r.flow_run_id for r in records if r.flow_run_id is not None)
+        if not self._pending or self._timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._last + self.interval - loop.time()
+        if wait <= 0:
+            self.flush()
+        else:
+            self._timer = loop.call_later(wait, self.flush)
+
+    def flush(self) -> None:
+        """Publish one frame per run with untold lines now."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._last = asyncio.get_running_loop().time()
+        pending, self._pending = self._pending, Counter()
+        for run_id, count in pending.items():
+            self.hub.publish(Event(
+                event=LOGS_EVENT, resource={"id": f"flow-run/{run_id}"}, payload={"count": count},
+            ))
+
+    def close(self) -> None:
+        """Forget what is untold (server shutdown: the streams are ending)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._pending.clear()
+
+
+__all__ = ["LOGS_EVENT", "LOG_NOTICE_INTERVAL", "EventHub", "LogNotices", "Subscription", "encode"]

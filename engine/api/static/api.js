@@ -109,6 +109,8 @@ export function listItems(page) {
 // --- the event stream ------------------------------------------------------------------------
 // EventSource delivers `event: <name>` messages only to listeners of that exact name, so the hub
 // listens to every event name the engine emits (flow-run.<State>, task-run.<State>, ...).
+/** Not an event: the server's notice that a run has new log lines (`resource.id`, `payload.count`). */
+export const LOGS_EVENT = "flow-run.logs";
 const STATE_NAMES = [
   "Scheduled", "Late", "AwaitingRetry", "AwaitingConcurrencySlot", "Pending", "Running",
   "Retrying", "Completed", "Failed", "Crashed", "Cancelling", "Cancelled", "Paused",
@@ -123,6 +125,7 @@ export const EVENT_NAMES = [
   ...STATE_NAMES.map((s) => `flow-run.${s}`),
   ...STATE_NAMES.map((s) => `task-run.${s}`),
   ...OTHER_EVENTS,
+  LOGS_EVENT,
 ];
 
 const subscribers = new Set();

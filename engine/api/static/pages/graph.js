@@ -2,7 +2,7 @@
 // depth (longest path from a node nothing triggers), each node colored by its latest run's
 // state. Run events recolor nodes as they happen; automation and deployment events redraw.
 
-import { api, subscribe } from "../api.js";
+import { LOGS_EVENT, api, subscribe } from "../api.js";
 import { badge, empty, errorBox, fill, h, stateTypeOf, svg, table, throttle } from "../util.js";
 
 const NODE_H = 58;
@@ -120,6 +120,7 @@ export async function render(main, { isCurrent }) {
   const reload = throttle(load, 300);
   const unsubscribe = subscribe((event) => {
     const name = String(event.event || "");
+    if (name === LOGS_EVENT) return;
     if (name.startsWith("flow-run.")) {
       const dep = event.resource?.deployment;
       const node = dep && nodes.get(dep);

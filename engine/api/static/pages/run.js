@@ -1,8 +1,9 @@
 // One flow run: why it started, its states on a timeline, parameters and result, task runs,
 // parent and children, logs. Any event of the run (its states, its task runs, its children's
-// states) refreshes the page's parts, at most a few times a second; nothing polls.
+// states) refreshes the page's parts, and the server's notice of new log lines (flow-run.logs)
+// its logs, at most a few times a second; nothing polls.
 
-import { api, flowRunIdOf, listItems, relatedFlowRunIds, subscribe } from "../api.js";
+import { LOGS_EVENT, api, flowRunIdOf, listItems, relatedFlowRunIds, subscribe } from "../api.js";
 import {
   FINAL_TYPES, automationLink, badge, deploymentLink, duration, empty, errorBox, facts, fill, h,
   jsonBlock, localTime, parseTime, runLink, section, short, table, throttle, timeCell,
@@ -44,8 +45,30 @@ export async function render(main, { params, isCurrent }) {
 
   let run = null;
   const children = new Set();
+  // Reads of the logs are numbered: an older answer arriving last does not hide newer lines.
+  let logsAsked = 0;
+  let logsDrawn = 0;
+
+  function showLogs(ticket, logs) {
+    if (ticket < logsDrawn) return;
+    logsDrawn = ticket;
+    drawLogs(parts.logs, listItems(logs), run);
+  }
+
+  async function refreshLogs() {
+    const ticket = ++logsAsked;
+    let logs;
+    try {
+      logs = await api(`/flow-runs/${id}/logs`, { query: { limit: LOG_LIMIT } });
+    } catch (exc) {
+      if (isCurrent()) fill(note, errorBox(exc));
+      return;
+    }
+    if (isCurrent()) showLogs(ticket, logs);
+  }
 
   async function refresh() {
+    const ticket = ++logsAsked;
     let data;
     try {
       data = await Promise.all([
@@ -75,12 +98,17 @@ export async function render(main, { params, isCurrent }) {
     drawResult(parts.result, run);
     drawTasks(parts.tasks, listItems(tasks));
     drawFamily(parts.family, run, listItems(kids));
-    drawLogs(parts.logs, listItems(logs), run);
+    showLogs(ticket, logs);
   }
 
   const refreshSoon = throttle(refresh, 250);
+  const refreshLogsSoon = throttle(refreshLogs, 250);
   const unsubscribe = subscribe((event) => {
     const about = flowRunIdOf(event);
+    if (event.event === LOGS_EVENT) {
+      if (about === id) refreshLogsSoon(); // a child's lines are on the child's page
+      return;
+    }
     const related = relatedFlowRunIds(event);
     if (about === id || related.includes(id) || (about && children.has(about))) refreshSoon();
   });
@@ -262,8 +290,9 @@ function drawFamily(node, run, kids) {
 }
 
 function drawLogs(node, logs, run) {
+  const final = FINAL_TYPES.has(run?.state_type); // run: null until the run itself was read
   if (!logs.length) {
-    fill(node, empty(FINAL_TYPES.has(run.state_type) ? "No logs." : "No logs yet: they appear here as the run writes them."));
+    fill(node, empty(final ? "No logs." : "No logs yet: they appear here as the run writes them."));
     return;
   }
   const pre = h("div", { class: "logs", id: "logs", role: "log", "aria-label": "Log lines", tabindex: "0" },
@@ -278,5 +307,5 @@ function drawLogs(node, logs, run) {
     }));
   const stick = node.firstChild && node.firstChild.scrollTop + node.firstChild.clientHeight >= node.firstChild.scrollHeight - 4;
   fill(node, pre);
-  if (stick || !FINAL_TYPES.has(run.state_type)) pre.scrollTop = pre.scrollHeight;
+  if (stick || !final) pre.scrollTop = pre.scrollHeight;
 }

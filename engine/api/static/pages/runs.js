@@ -2,7 +2,7 @@
 // A state event patches its row at once; a run not on screen yet is read once and put on top
 // when it fits the filters (and page 1 is shown). Nothing polls.
 
-import { api, apiAll, flowRunIdOf, listItems, subscribe } from "../api.js";
+import { LOGS_EVENT, api, apiAll, flowRunIdOf, listItems, subscribe } from "../api.js";
 import { navigate } from "../router.js";
 import {
   FINAL_TYPES, STATE_TYPES, badge, deploymentLink, duration, errorBox, fill, h, parseTime,
@@ -121,7 +121,8 @@ export async function render(main, { query, isCurrent }) {
   // Subscribe before the first read so that nothing between the read and the stream is lost.
   const pendingFetch = new Set();
   const unsubscribe = subscribe((event) => {
-    if (!String(event.event || "").startsWith("flow-run.")) return;
+    const name = String(event.event || "");
+    if (!name.startsWith("flow-run.") || name === LOGS_EVENT) return; // new log lines change no row
     const id = flowRunIdOf(event);
     if (!id) return;
     const known = rows.get(id);
