@@ -100,6 +100,9 @@ class RuntimeSettings(_Section):
     #: How long a finished flow run keeps reporting its final state while the engine is
     #: unreachable (broker restarting) before giving up.
     report_timeout_seconds: float = Field(300, gt=0)
+    #: While a flow run is running, the log lines it wrote are sent to the engine this often
+    #: (the web UI shows them live); the rest go with the final state.
+    log_flush_seconds: float = Field(1.0, gt=0)
 
 
 class ServerSettings(_Section):

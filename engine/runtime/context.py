@@ -59,6 +59,11 @@ class FlowRunContext:
             logs, self.logs = self.logs, []
             return logs
 
+    def give_back_logs(self, logs: list[LogRecord]) -> None:
+        """Put back lines `take_logs` returned but could not send (they go first)."""
+        with self._lock:
+            self.logs[:0] = logs
+
 
 @dataclass
 class TaskRunContext:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import datetime as dt
 import functools
@@ -319,25 +320,36 @@ class FlowRunner:
         args, kwargs = call_arguments(flow.fn, params)
         timed_out = False
         state: State | None = None  # on success: decided below, once submitted work has finished
+        stop_logs = asyncio.Event()
+        sender = loop.create_task(_send_logs_while_running(ctx, stop_logs),
+                                  name=f"flowrelay-logs-{flow_run.id}")
         try:
-            if flow.is_async:
-                body = loop.create_task(_await(flow.fn, args, kwargs), context=run_context)
-                value = await asyncio.wait_for(body, flow.timeout_seconds)
-            else:
-                fut = loop.run_in_executor(
-                    _body_executor(), functools.partial(run_context.run, flow.fn, *args, **kwargs)
+            try:
+                if flow.is_async:
+                    body = loop.create_task(_await(flow.fn, args, kwargs), context=run_context)
+                    value = await asyncio.wait_for(body, flow.timeout_seconds)
+                else:
+                    fut = loop.run_in_executor(
+                        _body_executor(), functools.partial(run_context.run, flow.fn, *args, **kwargs)
+                    )
+                    value = await asyncio.wait_for(fut, flow.timeout_seconds)
+            except TimeoutError:
+                timed_out = True
+                state = Failed(
+                    message=f"Flow run {flow_run.name!r} exceeded its timeout of {flow.timeout_seconds:g} s"
                 )
-                value = await asyncio.wait_for(fut, flow.timeout_seconds)
-        except TimeoutError:
-            timed_out = True
-            state = Failed(
-                message=f"Flow run {flow_run.name!r} exceeded its timeout of {flow.timeout_seconds:g} s"
-            )
-        except Exception as exc:  # noqa: BLE001 - user code: every error becomes a Failed state
-            state = Failed(message=_failure_message(f"Flow run {flow_run.name!r}", exc)).with_exception(exc)
-        if not timed_out:
-            # Structured: every task submitted in this run ends before the run does.
-            await asyncio.gather(*(f.wait_async() for f in list(ctx.futures)), return_exceptions=True)
+            except Exception as exc:  # noqa: BLE001 - user code: every error becomes a Failed state
+                state = Failed(message=_failure_message(f"Flow run {flow_run.name!r}", exc)).with_exception(exc)
+            if not timed_out:
+                # Structured: every task submitted in this run ends before the run does.
+                await asyncio.gather(*(f.wait_async() for f in list(ctx.futures)), return_exceptions=True)
+            stop_logs.set()
+            await sender  # finishes the write in flight, if any; lines it could not send are kept
+        finally:
+            if not sender.done():  # leaving early (cancelled): the lines stay for whoever reports
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
         if state is None:
             state = await final_state(value, ctx)
         for record in ctx.take_logs():
@@ -405,6 +417,29 @@ async def _delivered(call: Callable[[], Awaitable[R]], *, what: str) -> R:
                         error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(min(pause, left))
             pause = min(pause * 2, 5.0)
+
+
+async def _send_logs_while_running(ctx: FlowRunContext, stop: asyncio.Event) -> None:
+    """Every `runtime.log_flush_seconds` until `stop`: send the lines the run wrote meanwhile.
+    A line that cannot be sent now is kept for the next try (or the final state): none is lost."""
+    from engine.settings import get_settings
+
+    every = get_settings().runtime.log_flush_seconds
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+        if stop.is_set():
+            return
+        logs = ctx.take_logs()
+        if not logs:
+            continue
+        try:
+            async with asyncio.timeout(max(every * 5, 5.0)):
+                await embedded.call(lambda api: api.write_logs(logs))  # noqa: B023
+        except Exception as exc:  # noqa: BLE001 - the engine unreachable: keep them, try later
+            ctx.give_back_logs(logs)
+            log.debug("could not send log lines yet", lines=len(logs),
+                      error=f"{type(exc).__name__}: {exc}")
 
 
 def _result_max_bytes() -> int:

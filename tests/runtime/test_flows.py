@@ -508,3 +508,69 @@ def test_run_logger_lines_are_stored_with_the_run():
     messages = [r.message for r in get_client().read_logs(run.id)]
     assert "starting" in messages and "inside the task 7" in messages
     assert any(m.startswith("Finished in state Completed") for m in messages)
+
+
+def test_run_logger_lines_reach_the_engine_while_the_run_is_still_running():
+    # A flow that logs, then watches for its own line in the engine, without any task or state
+    # change in between: the line must be sent while the body still runs (runtime.log_flush_seconds)
+    @flow
+    def watching() -> bool:
+        from engine.runtime.context import flow_run_ctx
+
+        run_id = flow_run_ctx.get().flow_run.id
+        get_run_logger().info("halfway there")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if "halfway there" in [r.message for r in get_client().read_logs(run_id)]:
+                return True
+            time.sleep(0.05)
+        return False
+
+    assert watching() is True
+    [run] = get_client().read_flow_runs(flow="watching")
+    messages = [r.message for r in get_client().read_logs(run.id)]
+    assert messages.count("halfway there") == 1  # sent once, not again with the final state
+
+
+async def test_log_lines_that_cannot_be_sent_yet_are_kept_for_the_next_try(monkeypatch):
+    import uuid
+
+    from engine.runtime import flows as flows_module
+    from engine.runtime.context import FlowRunContext
+    from engine.schemas import LogRecord
+
+    sent: list[list[str]] = []
+    failed, delivered = asyncio.Event(), asyncio.Event()
+
+    async def flaky_call(fn):
+        if not failed.is_set():
+            failed.set()
+            raise ConnectionError("broker restarting")
+
+        class Api:
+            async def write_logs(self, logs):
+                sent.append([r.message for r in logs])
+                delivered.set()
+
+        return await fn(Api())
+
+    monkeypatch.setattr(flows_module.embedded, "call", flaky_call)
+    monkeypatch.setenv("FLOWRELAY_RUNTIME__LOG_FLUSH_SECONDS", "0.05")
+    from engine.settings import reset_settings
+
+    reset_settings()
+    ctx = FlowRunContext(flow=None, flow_run=None)  # type: ignore[arg-type]
+    run_id = uuid.uuid4()
+    ctx.add_log(LogRecord(flow_run_id=run_id, message="one"))
+    stop = asyncio.Event()
+    sender = asyncio.create_task(flows_module._send_logs_while_running(ctx, stop))
+    async with asyncio.timeout(10):
+        await failed.wait()  # the first try failed: its line was given back
+        ctx.add_log(LogRecord(flow_run_id=run_id, message="two"))
+        await delivered.wait()
+    stop.set()
+    await asyncio.wait_for(sender, 5)
+    reset_settings()
+    # the first try failed: nothing lost, both lines went in order on the next one
+    assert sent == [["one", "two"]]
+    assert ctx.logs == []

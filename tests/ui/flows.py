@@ -35,18 +35,11 @@ def slow(seconds: float = 1.5) -> float:
     return seconds
 
 
-@task
-def announce(message: str) -> str:
-    get_run_logger().info(message)
-    return message
-
-
 @flow(name="chatty")
 def chatty(seconds: float = 8.0) -> str:
-    """Logs a line, then works quietly for `seconds`: its page should show the line meanwhile.
-    (The line is logged in a task: a run's lines reach the server when a task of it ends, or
-    with its final state.)"""
-    announce("chatty: started, working quietly now")
+    """Logs a line from its body, then works quietly for `seconds` (no task, no state change):
+    its page should show the line meanwhile (`runtime.log_flush_seconds`)."""
+    get_run_logger().info("chatty: started, working quietly now")
     time.sleep(seconds)
     return "done"
 
