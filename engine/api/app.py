@@ -9,6 +9,7 @@ are off; the OpenAPI document is at ``/openapi.json``.
 
 from __future__ import annotations
 
+import asyncio
 import html
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -283,8 +284,22 @@ def _add_service_routes(app: FastAPI) -> None:
     async def metrics(ctx: Ctx) -> Response:
         snap = await snapshot(ctx.service)
         rules = await automations.automation_rows(ctx) if ctx.automations is not None else None
+        snap.dead_letter_queue = await _dead_letters(ctx)
         body = ctx.metrics.render(snap, rules, ctx.automations, ctx.hub.clients, ctx.hub.dropped)
         return Response(body, media_type=CONTENT_TYPE)
+
+
+async def _dead_letters(ctx: ApiContext) -> int | None:
+    """Messages waiting in the dead-letter queue; None (the metric left out) if the broker
+    cannot tell within a second or two."""
+    if ctx.dead_letters is None:
+        return None
+    try:
+        async with asyncio.timeout(2.0):
+            return await ctx.dead_letters()
+    except Exception as exc:  # noqa: BLE001 - a scrape never fails for the broker's sake
+        log.warning("could not count the dead-letter queue", error=f"{type(exc).__name__}: {exc}")
+        return None
 
 
 def _docs_page(spec: dict[str, Any]) -> str:

@@ -4,7 +4,9 @@ server."""
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -39,6 +41,8 @@ class ApiContext:
     hub: EventHub = field(default_factory=EventHub)
     metrics: Metrics = field(default_factory=Metrics)
     version: str = field(default_factory=_version)
+    #: How many messages wait in the dead-letter queue (None: not known here)
+    dead_letters: Callable[[], Awaitable[int]] | None = None
     #: ``flow-run.logs`` frames on `hub` (`for_server` makes it the service's log listener)
     log_notices: LogNotices = field(init=False)
 
@@ -52,6 +56,7 @@ class ApiContext:
         ctx = cls(
             settings=server.settings.api, service=server.service, automations=server.automations,
             hub=EventHub(server.settings.api.stream_buffer),
+            dead_letters=functools.partial(server.broker.message_count, server.names.dead),
         )
         server.published_listeners.append(ctx.on_published)
         server.service.add_log_listener(ctx.log_notices.stored)

@@ -197,6 +197,13 @@ class _ScrapeCollector(Collector):
             "flowrelay_outbox_events", "Events (and work messages) ever written to the outbox",
             value=snap.outbox_total,
         )
+        if snap.dead_letter_queue is not None:
+            yield GaugeMetricFamily(
+                "flowrelay_dead_letter_queue_messages",
+                "Messages waiting in the dead-letter queue: rejected or poison messages of every "
+                "consumer (workers, rule engine, commands), inspect and replay from there",
+                value=snap.dead_letter_queue,
+            )
         now = utcnow()
         pools: dict[str, int] = {}
         age = GaugeMetricFamily(

@@ -171,6 +171,8 @@ class Snapshot:
     outbox_total: int = 0
     #: (worker id, pool, last heartbeat, runs held)
     workers: list[tuple[str, str, dt.datetime, int]] = field(default_factory=list)
+    #: messages waiting in the dead-letter queue (read from the broker; None: unknown)
+    dead_letter_queue: int | None = None
 
 
 async def snapshot(service: EngineService) -> Snapshot:

@@ -110,3 +110,26 @@ async def test_outbox_backlog_counts_unsent_events(api: Api) -> None:
 
     await until(drained, what="the backlog published")
     await asyncio.sleep(0)
+
+
+async def test_dead_letter_queue_counts_what_a_worker_rejected(api: Api) -> None:
+    # Given a worker on the default pool
+    names = api.server.names
+    await api.server.ensure_pool("default")
+    worker = Worker(api.server.broker, api.server.service, pool="default", concurrency=1,
+                    mode="inline", drain_timeout=5)
+    await worker.start()
+    try:
+        assert value(await scrape(api), "flowrelay_dead_letter_queue_messages") == 0
+        # When two malformed work messages reach its queue
+        for body in (b"not json", b'{"flow_run_id": "not-a-uuid"}'):
+            await api.server.broker.publish(names.events, "dispatch.default", body)
+
+        # Then the worker dead-letters both, and /metrics shows them waiting in the dead queue
+        async def counted() -> bool:
+            return value(await scrape(api), "flowrelay_dead_letter_queue_messages") == 2
+
+        await until(counted, what="two messages in the dead-letter queue")
+        assert worker.stats.dead_lettered == 2
+    finally:
+        await worker.stop()
