@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from sqlalchemy import select
@@ -15,7 +15,7 @@ from engine.db.models import EventRow
 from engine.schemas import DeploymentSpec, FlowRun
 from engine.server.heartbeats import HeartbeatMonitor
 from engine.service import EngineService
-from engine.states import Completed, Pending, Running, utcnow
+from engine.states import Completed, Pending, Running, State, utcnow
 
 TIMEOUT = 30.0
 
@@ -189,6 +189,28 @@ async def test_a_restarted_monitor_gives_holders_never_heard_one_timeout(
     assert (await a.read_flow_run(run.id)).state_name == "Crashed"
 
 
+async def two_runs_of_w1(svc: EngineService, *states: Callable[..., State]) -> tuple[FlowRun, FlowRun]:
+    """Two deployment runs taken through `states` by worker w-1."""
+    runs = await deployment_run(svc), await svc.create_deployment_run("etl/nightly")
+    for run in runs:
+        for make in states:
+            assert (await svc.set_flow_run_state(run.id, make(worker_id="w-1"))).accepted
+    return runs
+
+
+async def beat_listing(
+    held: FlowRun, monitors: tuple[HeartbeatMonitor, HeartbeatMonitor], clock: Clock,
+    *, rounds: int, jump: float = 0.75,
+) -> None:
+    """`rounds` times: w-1 beats (to one server) listing only `held`, the clock moves `jump`
+    timeouts on, the other server checks."""
+    mon_a, mon_b = monitors
+    for _ in range(rounds):
+        await mon_a.beat("w-1", "pool-a", [str(held.id)])
+        clock.jump(TIMEOUT * jump)
+        await mon_b.check()
+
+
 async def test_a_claim_its_live_worker_never_learnt_of_is_scheduled_again(
     services: tuple[EngineService, EngineService],
     monitors: tuple[HeartbeatMonitor, HeartbeatMonitor],
@@ -197,16 +219,10 @@ async def test_a_claim_its_live_worker_never_learnt_of_is_scheduled_again(
     # Given two runs claimed by worker w-1: it runs one; the other's claim was committed but its
     # answer was lost (a broker connection closed), so w-1 never learnt it holds that run
     a, b = services
-    mon_a, mon_b = monitors
-    held, orphan = await deployment_run(a), await a.create_deployment_run("etl/nightly")
-    for run in (held, orphan):
-        assert (await a.set_flow_run_state(run.id, Pending(worker_id="w-1"))).accepted
+    held, orphan = await two_runs_of_w1(a, Pending)
 
     # When w-1 keeps beating, listing only the run it holds, past the timeout
-    for _ in range(3):
-        await mon_a.beat("w-1", "pool-a", [str(held.id)])
-        clock.jump(TIMEOUT * 0.75)
-        await mon_b.check()
+    await beat_listing(held, monitors, clock, rounds=3)
 
     # Then the orphaned claim went back to Scheduled and to its pool once; the held run is untouched
     read = await a.read_flow_run(orphan.id)
@@ -226,23 +242,14 @@ async def test_a_running_run_its_live_worker_no_longer_holds_is_crashed(
 ) -> None:
     # Given a run Running under worker w-1, which gave up reporting its final state (the engine
     # was unreachable for longer than runtime.report_timeout_seconds) and so dropped it
-    a, b = services
-    mon_a, mon_b = monitors
-    held, lost = await deployment_run(a), await a.create_deployment_run("etl/nightly")
-    for run in (held, lost):
-        assert (await a.set_flow_run_state(run.id, Pending(worker_id="w-1"))).accepted
-        assert (await a.set_flow_run_state(run.id, Running(worker_id="w-1"))).accepted
+    a, _ = services
+    held, lost = await two_runs_of_w1(a, Pending, Running)
 
     # When w-1 stays alive, beating without that run, for less than the timeout: nothing yet
-    await mon_a.beat("w-1", "pool-a", [str(held.id)])
-    clock.jump(TIMEOUT * 0.5)
-    await mon_b.check()
+    await beat_listing(held, monitors, clock, rounds=1, jump=0.5)
     assert (await a.read_flow_run(lost.id)).state_name == "Running"
     # and past it
-    for _ in range(2):
-        clock.jump(TIMEOUT * 0.75)
-        await mon_a.beat("w-1", "pool-a", [str(held.id)])
-        await mon_b.check()
+    await beat_listing(held, monitors, clock, rounds=2)
 
     # Then the lost run is Crashed, once, saying why; the held run is untouched
     read = await a.read_flow_run(lost.id)
