@@ -67,7 +67,10 @@ def enter(run: Any, state: State) -> tuple[dict[str, Any], Event, dict[str, Any]
     """Make `state` current on `run` (an ORM row or a `RunRecord`), chaining its event after the
     run's previous one: the history row's values, the event, its outbox row's values, and the
     run as it now is."""
-    stored = stored_state(state, flow_run_id=run.id)
+    links = {"flow_run_id": run.id}
+    if run.parent_task_run_id is not None:  # a subflow: its states say so (Prefect's state_details)
+        links["parent_task_run_id"] = run.parent_task_run_id
+    stored = stored_state(state, **links)
     repo.enter_state(run, stored)
     flow_run = repo.flow_run(run)
     event = flow_run_event(flow_run, stored, seq=run.event_seq + 1, follows=run.last_event_id)

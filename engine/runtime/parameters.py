@@ -6,7 +6,7 @@ import functools
 import inspect
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Optional
 
 import pydantic
 from pydantic_core import PydanticSerializationError, to_jsonable_python
@@ -39,6 +39,10 @@ def _model_for(fn: Callable[..., Any]) -> type[pydantic.BaseModel]:
         else:
             annotation = hints.get(name, Any)
             default = ... if p.default is inspect.Parameter.empty else p.default
+            if default is None:
+                # `x: str = None` means "optional" to Prefect users (pydantic v1 read it so): the
+                # default None, or an explicit None, is not a validation error.
+                annotation = Optional[annotation]  # noqa: UP045 - `X | None` fails on some hints
             fields[name] = (annotation, default)
     return pydantic.create_model(
         f"{fn.__name__}_parameters",
