@@ -22,7 +22,7 @@ from engine.errors import ObjectNotFound, RunCancelled, RunCrashed, RunFailed
 from engine.runtime import embedded
 from engine.runtime.context import FlowRunContext, current_flow_run, current_task_run
 from engine.schemas import Event, FlowRun
-from engine.states import Pending, Running, State, StateDetails, StateType
+from engine.states import Completed, Pending, Running, State, StateDetails, StateType
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -81,6 +81,13 @@ class _Mirror:
             return
         task_run_id = self.task_run_id
         await embedded.call(lambda api: api.set_task_run_state(task_run_id, state, force=True))
+
+    async def launched(self, run: FlowRun) -> None:
+        """Launch only (`create_flow_run`, `run_deployment(wait=False)`): the task run's work is
+        done once the child exists — Completed with the child's id, as Prefect 1's
+        `create_flow_run` task — instead of staying Running in a parent that has finished.
+        Mirroring the child's final state is `wait_for_flow_run`'s (its own task run)."""
+        await self.set(Completed(data=str(run.id), child_flow_run_id=run.id))
 
     async def mirror(self, run: FlowRun) -> None:
         if self.ctx is None or run.state is None:
@@ -174,6 +181,7 @@ async def run_deployment(
         flow_run_name=flow_run_name, tags=tags, mirror=mirror,
     )
     if not wait:
+        await mirror.launched(run)
         return run
     if run.state is None or not run.state.is_final():
         # With a key the run may be older than this call, its events long gone: read it first.
@@ -205,6 +213,7 @@ async def create_flow_run(
         target, parameters, idempotency_key=idempotency_key, scheduled_time=scheduled_time,
         flow_run_name=flow_run_name, tags=tags, mirror=mirror,
     )
+    await mirror.launched(run)
     return run.id
 
 

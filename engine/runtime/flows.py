@@ -324,22 +324,27 @@ class FlowRunner:
         sender = loop.create_task(_send_logs_while_running(ctx, stop_logs),
                                   name=f"flowrelay-logs-{flow_run.id}")
         try:
+            pending: asyncio.Future[Any] | None = None
             try:
                 if flow.is_async:
-                    body = loop.create_task(_await(flow.fn, args, kwargs), context=run_context)
-                    value = await asyncio.wait_for(body, flow.timeout_seconds)
+                    pending = loop.create_task(_await(flow.fn, args, kwargs), context=run_context)
                 else:
-                    fut = loop.run_in_executor(
+                    pending = loop.run_in_executor(
                         _body_executor(), functools.partial(run_context.run, flow.fn, *args, **kwargs)
                     )
-                    value = await asyncio.wait_for(fut, flow.timeout_seconds)
-            except TimeoutError:
-                timed_out = True
-                state = Failed(
-                    message=f"Flow run {flow_run.name!r} exceeded its timeout of {flow.timeout_seconds:g} s"
-                )
+                value = await asyncio.wait_for(pending, flow.timeout_seconds)
             except Exception as exc:  # noqa: BLE001 - user code: every error becomes a Failed state
-                state = Failed(message=_failure_message(f"Flow run {flow_run.name!r}", exc)).with_exception(exc)
+                if isinstance(exc, TimeoutError) and pending is not None and pending.cancelled():
+                    # wait_for cancelled the body: our timeout (a TimeoutError the body raised
+                    # itself is an ordinary failure)
+                    timed_out = True
+                    state = Failed(
+                        message=f"Flow run {flow_run.name!r} exceeded its timeout of {flow.timeout_seconds:g} s"
+                    )
+                else:
+                    state = Failed(
+                        message=_failure_message(f"Flow run {flow_run.name!r}", exc)
+                    ).with_exception(exc)
             if not timed_out:
                 # Structured: every task submitted in this run ends before the run does.
                 await asyncio.gather(*(f.wait_async() for f in list(ctx.futures)), return_exceptions=True)

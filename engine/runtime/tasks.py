@@ -216,21 +216,23 @@ class Task(Generic[P, R]):
         run_context.run(task_run_ctx.set, TaskRunContext(self, task_run_id, run_name, ctx))
         run_context.run(structlog.contextvars.bind_contextvars,
                         flow_run_id=str(ctx.flow_run.id), task_run_id=str(task_run_id))
+        pending: asyncio.Future[Any] | None = None
         try:
             if self.is_async:
                 coro = self.fn(*args, **kwargs)
-                task = asyncio.get_running_loop().create_task(
+                pending = asyncio.get_running_loop().create_task(
                     _as_coroutine(coro), context=run_context  # type: ignore[arg-type]
                 )
-                value = await asyncio.wait_for(task, self.timeout_seconds)
             else:
-                fut = asyncio.get_running_loop().run_in_executor(
+                pending = asyncio.get_running_loop().run_in_executor(
                     None, functools.partial(run_context.run, self.fn, *args, **kwargs)
                 )
-                value = await asyncio.wait_for(fut, self.timeout_seconds)
-        except TimeoutError:
-            return Failed(message=f"Task run {run_name!r} exceeded its timeout of {self.timeout_seconds:g} s")
+            value = await asyncio.wait_for(pending, self.timeout_seconds)
         except Exception as exc:  # noqa: BLE001 - user code: every error becomes a Failed state
+            if isinstance(exc, TimeoutError) and pending is not None and pending.cancelled():
+                # wait_for cancelled the body: our timeout. A TimeoutError the task itself raised
+                # (the body finished with it) is the task's failure like any other exception.
+                return Failed(message=f"Task run {run_name!r} exceeded its timeout of {self.timeout_seconds:g} s")
             log.warning("task run failed", task_run=run_name, error=f"{type(exc).__name__}: {exc}",
                         flow_run_id=str(ctx.flow_run.id), task_run_id=str(task_run_id))
             return Failed(message=_failure_message(f"Task run {run_name!r}", exc)).with_exception(exc)
