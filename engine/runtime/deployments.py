@@ -173,14 +173,15 @@ async def run_deployment(
     tags: list[str] | None = None,
 ) -> FlowRun:
     """Run the latest version of deployment `name` ("FLOW/DEPLOYMENT"); with `wait`, return the
-    run once it is final (waiting at most `timeout` seconds, then `WaitTimeout`)."""
+    run once it is final (waiting at most `timeout` seconds, then `WaitTimeout`). `timeout=0`
+    returns at once, like `wait=False` (Prefect's idiom for "launch, don't wait")."""
     mirror = _Mirror(current_flow_run(), f"run_deployment-{name}")
     since = time.monotonic()
     run = await _launch(
         name, parameters, idempotency_key=idempotency_key, scheduled_time=scheduled_time,
         flow_run_name=flow_run_name, tags=tags, mirror=mirror,
     )
-    if not wait:
+    if not wait or timeout == 0:
         await mirror.launched(run)
         return run
     if run.state is None or not run.state.is_final():

@@ -175,16 +175,18 @@ automations:
 
 
 def test_every_two_hours_and_hourly_schedules(guide: Cluster) -> None:
-    guide.cli("deploy", f"{guide.flows}:hello_world", "--name", "every-2h", "--pool", guide.pool,
-              "--interval", "2h")
-    guide.cli("deploy", f"{guide.flows}:hello_world", "--name", "hourly", "--pool", guide.pool,
-              "--interval", "1h")
+    # "upstream-data-preparation - Runs every 2 hours", "data-processing-demo - Runs hourly" (as
+    # deployments of their own here, paused at the end, so the other tests' runs stay theirs)
+    schedules = [("Upstream Data Preparation/every-2h", "upstream_data_preparation", 2),
+                 ("Data Processing/data-processing-demo", "data_processing_flow", 1)]
+    for name, fn, hours in schedules:
+        guide.cli("deploy", f"{guide.flows}:{fn}", "--name", name.split("/")[1], "--pool", guide.pool,
+                  "--interval", f"{hours}h")
     try:
-        for name, hours in (("every-2h", 2), ("hourly", 1)):
-            nxt = guide.cli_json("deployment", "next", f"hello-world/{name}", "--count", "3")
+        for name, _, hours in schedules:
+            nxt = guide.cli_json("deployment", "next", name, "--count", "3")
             times = [datetime.fromisoformat(n["utc"].replace("Z", "+00:00")) for n in nxt]
             assert [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)] == [hours * 3600.0] * 2
     finally:
-        for name in ("every-2h", "hourly"):
-            guide.cli("deployment", "pause", f"hello-world/{name}")
-
+        for name, _, _ in schedules:
+            guide.cli("deployment", "pause", name)

@@ -149,6 +149,12 @@ def downstream_flow(upstream_batch_id: str = None) -> str:  # type: ignore[assig
     return f"processed {upstream_batch_id}"
 
 
+@flow(name="Data Processing")
+def data_processing_flow() -> int:
+    """The guide's "basic ETL workflow" (its `data-processing-demo` deployment runs hourly)."""
+    return 3
+
+
 @task
 async def trigger_downstream() -> str:
     flow_run = await run_deployment(
