@@ -20,6 +20,7 @@ SEED_FLOWS = [
     "example", "parent_create", "parent_start", "flow_a", "flow_b", "flow_c", "flow_d",
     "parent_flow_of_flows", "parent_start_flow_run_wait", "broken", "parent_of_broken",
     "parent_retried", "trigger", "waits_for_upstream", "flaky", "hello_world", "parent_of_hello",
+    "model_validator", "what_day_is_it",
 ]
 
 

@@ -9,7 +9,9 @@ Translations (smallest change):
   `flowrelay deployment run hello-world/seeds`; `--watch` streams states and logs from events.
 - `prefect run --path/--module ... --execute` (run here, still recorded by the backend) →
   `flowrelay run path.py:flow` / `flowrelay run module:flow` (`--execute` accepted).
-  `breakpoint()` with local executors is interactive: not tested.
+  `breakpoint()` with local executors is interactive: not tested. "A task with a long retry makes
+  the process sleep": task retries wait in the run's process (test_seed_002_flow_dependencies_guide).
+  "A special label so no agent picks it up": a local run is never sent to a pool at all.
 - `Client().create_flow_run(flow_id=...)` → `get_client().create_flow_run("FLOW/DEPLOYMENT")`.
 - `create_flow_run(flow_name="hello-world")` + `wait_for_flow_run(child_run_id)` in a flow: the same
   names from `engine`.

@@ -17,7 +17,7 @@ Translations (smallest change):
   tested.
 - "When creating flow runs from the Orion API, parameter names must be specified" and "a flow run
   for a deployment with invalid parameters goes Pending → Failed without Running" are deployment
-  behaviours: tests/seeds/test_seeds_distributed.py checks them on RabbitMQ.
+  behaviours: tests/seeds/test_seed_004_distributed.py checks them on RabbitMQ.
 """
 
 from __future__ import annotations

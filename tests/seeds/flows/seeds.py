@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from datetime import datetime
+
+from pydantic import BaseModel
 
 from engine import create_flow_run, flow, get_run_logger, run_deployment, task, wait_for_flow_run
 from engine.client import get_client
@@ -208,6 +211,26 @@ def parent_of_hello(wait: bool = True) -> str:
     if wait:
         wait_for_flow_run(child_run_id)
     return str(child_run_id)
+
+
+# --- seed 004: parameters of deployment runs ---------------------------------------------------------
+class Model(BaseModel):
+    a: int
+    b: float
+    c: str
+
+
+@flow
+def model_validator(model: Model) -> str:
+    record("model_validator", repr(model).replace(" ", "_"))
+    return f"{model.a!r} {model.b!r} {model.c!r}"
+
+
+@flow
+def what_day_is_it(date: datetime = None) -> str:  # type: ignore[assignment] - as in the seed
+    if date is None:
+        date = datetime.utcnow()
+    return f"It was {date.strftime('%A')} on {date.isoformat()}"
 
 
 # --- seed 002, "Option 1: Run Orchestrator Flow" (`python orchestrator_flow.py`) ----------------------
