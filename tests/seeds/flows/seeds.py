@@ -113,7 +113,7 @@ def broken() -> None:
 
 @flow(name="parent-of-broken")
 def parent_of_broken() -> str:
-    """"Reflect the flow run state as the task state": a failed child fails the caller."""
+    """Seed 000, "reflect the flow run state as the task state": a failed child fails the caller."""
     child = create_flow_run(flow_name="broken")
     wait_for_flow_run(child, raise_final_state=True)
     return "not reached"
@@ -121,7 +121,7 @@ def parent_of_broken() -> str:
 
 @flow(name="parent-retried", retries=1, retry_delay_seconds=0)
 def parent_retried() -> str:
-    """"Stable retries to prevent duplication of runs": the retried parent gets the same child."""
+    """Seed 000, "stable retries to prevent duplication of runs": a retry gets the same child."""
     child = create_flow_run(flow_name="example", parameters={"param_key": "once"})
     record("parent-retried", str(child))
     if len([line for line in open(os.environ["FLOWRELAY_TEST_RECORD"]) if line.startswith("parent-retried ")]) < 2:
