@@ -127,7 +127,7 @@ async def live(settings: Settings, flows_file: Path) -> AsyncIterator[Live]:
         await server.stop()
 
 
-async def until(predicate: Callable[[], Awaitable[Any]], timeout: float = 10.0, what: str = "condition") -> Any:
+async def until(predicate: Callable[[], Awaitable[Any]], timeout: float = 30.0, what: str = "condition") -> Any:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         value = await predicate()

@@ -28,7 +28,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return load_settings()
 
 
-async def until(predicate: Callable[[], Awaitable[Any]], timeout: float = 5.0) -> Any:
+async def until(predicate: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         value = await predicate()
