@@ -140,6 +140,13 @@ def _is_tag(part: str) -> bool:
     return part.startswith("list[") or (part[:1].isupper() and part.isidentifier())
 
 
+def _answer_with(status: int) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def answer(request: Request, exc: Exception) -> Response:
+        return _problem(status, str(exc))
+
+    return answer
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     Handler = Callable[[Request, Any], Awaitable[Response]]
 
@@ -165,29 +172,17 @@ def _add_error_handlers(app: FastAPI) -> None:
         status, detail = _describe_validation(list(exc.errors(include_url=False)))
         return _problem(422, detail)
 
-    @on(ObjectNotFound)
-    async def not_found(request: Request, exc: ObjectNotFound) -> Response:
-        return _problem(404, str(exc))
-
-    @on(InvalidTransition)
-    async def conflict(request: Request, exc: InvalidTransition) -> Response:
-        return _problem(409, str(exc))
-
-    @on(ParameterValidationError)
-    async def bad_parameters(request: Request, exc: ParameterValidationError) -> Response:
-        return _problem(422, str(exc))
-
-    @on(ResultTooLarge)
-    async def too_large(request: Request, exc: ResultTooLarge) -> Response:
-        return _problem(413, str(exc))
-
-    @on(ResultNotSerializable)
-    async def not_json(request: Request, exc: ResultNotSerializable) -> Response:
-        return _problem(422, str(exc))
-
-    @on(FlowrelayError)
-    async def refused(request: Request, exc: FlowrelayError) -> Response:
-        return _problem(422, str(exc))
+    # Engine errors met while answering: their message, with the status their kind calls for
+    # (the most specific class wins: Starlette looks handlers up along the exception's MRO).
+    for kind, status in (
+        (ObjectNotFound, 404),
+        (InvalidTransition, 409),
+        (ParameterValidationError, 422),
+        (ResultTooLarge, 413),
+        (ResultNotSerializable, 422),
+        (FlowrelayError, 422),
+    ):
+        on(kind)(_answer_with(status))
 
     @on(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
