@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import uuid
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -127,7 +128,7 @@ async def register(
             created=now,
         )
     )
-    session.add(_deployment_event(row, "deployment.registered", now))
+    session.add(deployment_event(row, "deployment.registered", now))
     if row.concurrency_limit != old_limit:  # a raised or removed limit frees waiting runs now
         await release_slots(session, row, enter=enter, now=now)
     return deployment(row)
@@ -142,7 +143,7 @@ async def set_paused(
         row.paused = paused
         row.updated = now
         event = "deployment.paused" if paused else "deployment.resumed"
-        session.add(_deployment_event(row, event, now))
+        session.add(deployment_event(row, event, now))
         if paused:  # its schedules' runs not yet handed to a pool go (resuming recreates them)
             from engine.scheduler.store import cancel_pending
 
@@ -152,7 +153,11 @@ async def set_paused(
     return deployment(row)
 
 
-def _deployment_event(row: DeploymentRow, name: str, now: dt.datetime) -> EventRow:
+def deployment_event(
+    row: DeploymentRow, name: str, now: dt.datetime, payload: dict[str, Any] | None = None
+) -> EventRow:
+    """The outbox row of event `name` about deployment `row` (payload by default: its version
+    and whether it is paused)."""
     full_name = f"{row.flow_name}/{row.name}"
     event = Event(
         event=name,
@@ -165,6 +170,6 @@ def _deployment_event(row: DeploymentRow, name: str, now: dt.datetime) -> EventR
             "work_pool": row.work_pool,
             "tags": list(row.tags or []),
         },
-        payload={"version": row.version, "paused": row.paused},
+        payload=payload if payload is not None else {"version": row.version, "paused": row.paused},
     )
     return EventRow(**repo.event_values(event))

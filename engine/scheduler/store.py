@@ -23,11 +23,11 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from engine.db import repository as repo
 from engine.db.models import EventRow, FlowRunRow, FlowRunStateRow
+from engine.deployments.store import deployment_event
 from engine.errors import ObjectNotFound
 from engine.scheduler.specs import schedule_id
-from engine.schemas import Deployment, Event
+from engine.schemas import Deployment
 from engine.states import Cancelled, Late, StateType, utcnow
 
 __all__ = [
@@ -233,20 +233,10 @@ async def set_schedule_active(
                 session, deployment_id=row.id, schedules=set(changed),
                 message=f"schedule paused on deployment '{full_name}'",
             )
-        event = Event(
-            event="deployment.schedule-resumed" if active else "deployment.schedule-paused",
-            occurred=now,
-            resource={
-                "id": f"deployment/{row.id}",
-                "name": full_name,
-                "flow": row.flow_name,
-                "deployment": full_name,
-                "work_pool": row.work_pool,
-                "tags": list(row.tags or []),
-            },
-            payload={"schedules": changed, "version": row.version, "active": active},
-        )
-        session.add(EventRow(**repo.event_values(event)))
+        session.add(deployment_event(
+            row, "deployment.schedule-resumed" if active else "deployment.schedule-paused", now,
+            {"schedules": changed, "version": row.version, "active": active},
+        ))
     return as_deployment(row), changed
 
 
