@@ -656,13 +656,7 @@ class EngineService:
         async def release(session: AsyncSession) -> list[FlowRun]:
             released = []
             for run_id, worker_id in await workers.orphaned_claims(session, claimed_before):
-                row = await session.scalar(
-                    select(FlowRunRow)
-                    .where(FlowRunRow.id == run_id)
-                    .with_for_update(key_share=True)
-                    .execution_options(populate_existing=True)
-                )
-                current = repo.current_state(row) if row is not None else None
+                _, current = await _locked_run(session, run_id)
                 if current is None or current.type not in (StateType.PENDING, StateType.RUNNING):
                     continue
                 if current.details.worker_id != worker_id or current.timestamp >= claimed_before:
@@ -715,13 +709,7 @@ class EngineService:
                 return None
             handled = []
             for run_id in await workers.held_runs(session, worker_id):
-                row = await session.scalar(
-                    select(FlowRunRow)
-                    .where(FlowRunRow.id == run_id)
-                    .with_for_update(key_share=True)
-                    .execution_options(populate_existing=True)
-                )
-                current = repo.current_state(row) if row is not None else None
+                row, current = await _locked_run(session, run_id)
                 if row is None or current is None or current.details.worker_id != worker_id:
                     continue  # changed since the query
                 if current.type is StateType.PENDING and row.deployment_id is not None:
@@ -1028,4 +1016,17 @@ def _raise_if_aborted(decision: Decision, what: str) -> None:
         raise InvalidTransition(f"{what}: {decision.reason}")
 
 
+async def _locked_run(session: AsyncSession, run_id: uuid.UUID) -> tuple[FlowRunRow | None, State | None]:
+    """The run's row, locked and read afresh (another server may have changed it since a query
+    found it), and its current state."""
+    row = await session.scalar(
+        select(FlowRunRow)
+        .where(FlowRunRow.id == run_id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
+    return row, repo.current_state(row) if row is not None else None
+
+
 __all__ = ["EngineService", "OutboxEvents"]
+
