@@ -12,6 +12,7 @@
     ├── RunFailed                       `.result()` of a Failed run without a Python exception
     │   └── RunCrashed / RunCancelled
     ├── WaitTimeout                     a bounded wait ran out (TimeoutError too)
+    ├── EngineUnavailable               the engine cannot act now (its database is down): retry
     └── BrokerError                     broker problems (see engine.broker.errors)
 """
 
@@ -73,6 +74,11 @@ class RunCancelled(RunFailed):
 
 class WaitTimeout(FlowrelayError, TimeoutError):
     pass
+
+
+class EngineUnavailable(FlowrelayError):
+    """The engine could not do it now (its database refused or lost the connection): the same
+    request, sent again later, may succeed. Callers retry with backoff, within their bound."""
 
 
 class BrokerError(FlowrelayError):

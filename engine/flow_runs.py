@@ -28,7 +28,7 @@ from engine.deployments.slots import DISPATCHABLE, dispatch_values, holds_slot, 
 from engine.deployments.store import split_name
 from engine.errors import ObjectNotFound
 from engine.events import flow_run_event
-from engine.orchestration import Decision, decide
+from engine.orchestration import Decision, attempt_for, decide
 from engine.runtime.names import generate_name
 from engine.schemas import Event, FlowRun, OrchestrationResult, TaskRun
 from engine.states import State, StateType, utcnow
@@ -71,6 +71,9 @@ def enter(run: Any, state: State) -> tuple[dict[str, Any], Event, dict[str, Any]
     if run.parent_task_run_id is not None:  # a subflow: its states say so (Prefect's state_details)
         links["parent_task_run_id"] = run.parent_task_run_id
     stored = stored_state(state, **links)
+    stored.details.attempt, run.attempts = attempt_for(
+        repo.current_state(run), stored, run.attempts or 0
+    )
     repo.enter_state(run, stored)
     flow_run = repo.flow_run(run)
     event = flow_run_event(flow_run, stored, seq=run.event_seq + 1, follows=run.last_event_id)
@@ -181,6 +184,7 @@ def create(
         or (state.details.scheduled_time if state.is_scheduled() else None),
         caused_by=caused_by,
         dispatched_at=None,
+        attempts=0,
         run_count=0,
         event_seq=0,
         last_event_id=None,

@@ -17,6 +17,16 @@
 - ABORT is for a proposal that makes no sense whatever the current state: a known state name
   used with another type (``State(type=RUNNING, name="Late")``).
 
+Attempts (fencing tokens). A worker's claim (``Pending`` with a ``worker_id`` and no attempt)
+opens the run's next attempt: `attempt_for` numbers it ``FlowRun.attempts + 1`` and the stored
+state carries it in ``details.attempt``. The worker's flow engine puts that number on every
+report of the attempt (Running, AwaitingRetry, the final state, a hand-back). A report carrying
+attempt N is judged only while the run's current state belongs to attempt N; otherwise — the
+engine ended the attempt (lost worker: Crashed, Scheduled again), or a newer claim opened N+1 —
+it is REJECTed as superseded, ``force`` or not, and the worker stops that run. States written by
+the engine without a token (Cancelling, Paused) stay in the current attempt unless they end it
+(a final or Scheduled-type state).
+
 State names outside `engine.states.STATE_NAMES` are judged as their type's default name.
 """
 
@@ -40,6 +50,8 @@ class Decision:
     reason: str | None = None
     #: An accepted duplicate: the run already is in that state.
     duplicate: bool = False
+    #: Refused because the proposal's attempt is not the run's current one.
+    superseded: bool = False
 
     @property
     def accepted(self) -> bool:
@@ -116,6 +128,24 @@ def canonical_name(state: State) -> str:
     return DEFAULT_NAMES[state.type]
 
 
+#: Start of the reason given for a report of a superseded attempt (workers look for it).
+SUPERSEDED = "superseded"
+
+
+def attempt_for(current: State | None, proposed: State, attempts: int) -> tuple[int | None, int]:
+    """The attempt a state about to be written belongs to, and the run's claim count after it
+    (`attempts`: claims made so far). See the module docstring."""
+    token = proposed.details.attempt
+    if token is not None:
+        return token, attempts
+    if proposed.type is StateType.PENDING and proposed.details.worker_id is not None:
+        return attempts + 1, attempts + 1  # a claim opens the next attempt
+    held = current.details.attempt if current is not None else None
+    if held is not None and not proposed.is_final() and proposed.type is not StateType.SCHEDULED:
+        return held, attempts  # the engine's Cancelling, Paused...: the attempt goes on
+    return None, attempts
+
+
 def decide(current: State | None, proposed: State, *, force: bool = False) -> Decision:
     """Judge `proposed` against the run's `current` state."""
     expected_type = STATE_NAMES.get(proposed.name)
@@ -125,6 +155,11 @@ def decide(current: State | None, proposed: State, *, force: bool = False) -> De
             f"state name {proposed.name!r} is a {expected_type.value} state, "
             f"not {proposed.type.value}",
         )
+    token = proposed.details.attempt
+    if token is not None:
+        held = current.details.attempt if current is not None else None
+        if held != token:
+            return Decision(Status.REJECT, _superseded(current, token), superseded=True)
     if force:
         return Decision(Status.ACCEPT, "forced")
     if current is None:
@@ -172,4 +207,18 @@ def decide(current: State | None, proposed: State, *, force: bool = False) -> De
     return Decision(Status.REJECT, f"cannot move from {current.name} to {proposed.name}")
 
 
-__all__ = ["TRANSITIONS", "Decision", "Status", "canonical_name", "decide"]
+def _superseded(current: State | None, token: int) -> str:
+    if current is None:
+        why = "the run has no state"
+    elif current.details.attempt is not None:
+        why = f"the run is in attempt {current.details.attempt} ({current.name})"
+    else:
+        why = f"the engine ended it: the run is {current.name}"
+        if current.message:
+            why += f" ({current.message})"
+    return f"{SUPERSEDED}: attempt {token} of this run is over; {why}"
+
+
+__all__ = [
+    "SUPERSEDED", "TRANSITIONS", "Decision", "Status", "attempt_for", "canonical_name", "decide",
+]

@@ -86,8 +86,20 @@ class RemoteEngine:
         adapter = _return_adapter(method)
         return adapter.validate_python(value) if adapter is not None and value is not None else value
 
-    async def heartbeat(self, worker_id: str, pool: str, flow_run_ids: list[Any]) -> None:
-        await self.call("heartbeat", worker_id=worker_id, pool=pool, flow_run_ids=flow_run_ids)
+    async def heartbeat(
+        self,
+        worker_id: str,
+        pool: str,
+        flow_run_ids: list[Any],
+        attempts: dict[Any, int] | None = None,
+    ) -> dict[str, Any]:
+        """Send a worker's heartbeat; the reply grants its lease and names the runs to stop
+        (`engine.server.heartbeats`)."""
+        reply = await self.call(
+            "heartbeat", worker_id=worker_id, pool=pool, flow_run_ids=flow_run_ids,
+            attempts=attempts,
+        )
+        return reply if isinstance(reply, dict) else {}
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
         if name not in SERVICE_COMMANDS:

@@ -33,6 +33,8 @@ class FlowRun(BaseModel):
     parent_flow_run_id: uuid.UUID | None = None
     state: State | None = None
     run_count: int = 0
+    #: Claims made of this run by workers (each opened an attempt: `StateDetails.attempt`).
+    attempts: int = 0
     expected_start_time: dt.datetime | None = None
     start_time: dt.datetime | None = None
     end_time: dt.datetime | None = None

@@ -647,6 +647,12 @@ class EngineService:
             lambda session: workers.record(session, worker_id, pool, now, ids), events=False
         )
 
+    async def superseded_attempts(self, attempts: Mapping[uuid.UUID, int]) -> list[uuid.UUID]:
+        """Which of these `run id -> attempt` pairs (a worker's running attempts) are over: the
+        engine ended the attempt or a newer claim opened another. The worker stops them."""
+        async with self._read() as session:
+            return await workers.superseded(session, dict(attempts))
+
     async def release_orphaned_claims(self, claimed_before: dt.datetime) -> list[FlowRun]:
         """The deployment runs Pending or Running since before `claimed_before` that their live
         worker does not hold (see `engine.db.workers.orphaned_claims`): a Pending one goes back

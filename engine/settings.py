@@ -97,8 +97,8 @@ class LoggingSettings(_Section):
 class RuntimeSettings(_Section):
     task_threads: int = Field(16, ge=1)
     wait_timeout_seconds: float = Field(3600, gt=0)
-    #: How long a finished flow run keeps reporting its final state while the engine is
-    #: unreachable (broker restarting) before giving up.
+    #: How long a finished flow run keeps reporting its final state, and a worker its claim,
+    #: while the engine is unreachable (broker restarting) or its database down.
     report_timeout_seconds: float = Field(300, gt=0)
     #: While a flow run is running, the log lines it wrote are sent to the engine this often
     #: (the web UI shows them live); the rest go with the final state.

@@ -81,6 +81,10 @@ class StateDetails(BaseModel):
     scheduled_time: dt.datetime | None = None
     retry_count: int | None = None
     worker_id: str | None = None
+    #: The attempt (fencing token) this state belongs to: a worker's claim opens attempt N of
+    #: the run (`FlowRun.attempts` counts them); its Running, logs and final state carry N, and
+    #: the engine refuses them once the attempt is superseded (`engine.orchestration.decide`).
+    attempt: int | None = None
 
 
 class State(BaseModel):

@@ -14,7 +14,10 @@ a dictionary lookup: the flow engine itself then proposes Running with the worke
 The child's life belongs to its parent: it ignores SIGINT/SIGTERM (a Ctrl-C or a systemd stop
 reaches the whole process group; the parent drains instead), leaves on ("stop",) or when the
 pipe closes, and kills itself if the parent dies, so a run is never left executing while the
-server declares it Crashed and hands it to another worker.
+server declares it Crashed and hands it to another worker. For the same reason it watches the
+worker's lease (a deadline in shared memory that the parent moves on each answered heartbeat):
+a run still executing past it is stopped at once (exit code `EXIT_LEASE_LOST`), even if the
+parent itself is frozen (SIGSTOP, a VM paused) and cannot stop it.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ LOCAL_API = "workers.child_main:local_api"
 _PRELOAD = ("engine.runtime.flows", "engine.runtime.tasks", "engine.entrypoints", "engine.service")
 
 EXIT_ORPHANED = 70
-_PARENT_CHECK_SECONDS = 0.5
+EXIT_LEASE_LOST = 71
+_PARENT_CHECK_SECONDS = 0.2
 _API_OPEN_TIMEOUT = 60.0
 _REPORT_TIMEOUT = 30.0
 
@@ -124,11 +128,16 @@ def resolve_factory(spec: str) -> Callable[[ChildConfig], Awaitable[EngineAPI]]:
     return cast("Callable[[ChildConfig], Awaitable[EngineAPI]]", factory)
 
 
-def main(conn: Connection, config: ChildConfig) -> None:
-    """The child's entry point (the target of its `multiprocessing.Process`)."""
+#: Set while this child executes a run (read by the watchdog thread).
+_busy = threading.Event()
+
+
+def main(conn: Connection, config: ChildConfig, lease: Any = None) -> None:
+    """The child's entry point (the target of its `multiprocessing.Process`). `lease`: the
+    worker's lease deadline (see the module docstring); None: no lease is watched."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _watch_parent(os.getppid())
+    _watch_parent(os.getppid(), lease)
 
     from engine.logging import configure_logging, get_logger
     from engine.runtime import embedded
@@ -162,7 +171,11 @@ def main(conn: Connection, config: ChildConfig) -> None:
                 break
             if message[0] == "run":
                 _, run_id, entrypoint, run_json = message
-                name, text, start_ms = _run(flows, run_id, entrypoint, run_json)
+                _busy.set()
+                try:
+                    name, text, start_ms = _run(flows, run_id, entrypoint, run_json)
+                finally:
+                    _busy.clear()
                 if not _send(conn, ("done", run_id, name, text, start_ms)):
                     break
     finally:
@@ -182,15 +195,19 @@ def _send(conn: Connection, message: tuple[Any, ...]) -> bool:
     return True
 
 
-def _watch_parent(ppid: int) -> None:
-    """Exit at once if the parent dies: an orphan must not keep running a run the server will
-    declare Crashed (and may retry elsewhere)."""
+def _watch_parent(ppid: int, lease: Any) -> None:
+    """Exit at once if the parent dies, or if a run is executing past the worker's lease: an
+    orphan, or a run whose worker can no longer prove it is alive, must not keep running a run
+    the server will declare Crashed (and may retry elsewhere)."""
 
     def watch() -> None:
         while True:
             time.sleep(_PARENT_CHECK_SECONDS)
             if os.getppid() != ppid:
                 os._exit(EXIT_ORPHANED)
+            if lease is not None and _busy.is_set() and time.monotonic() > lease.value:
+                os.write(2, b"flowrelay child: the worker's lease ran out; stopping the run\n")
+                os._exit(EXIT_LEASE_LOST)
 
     threading.Thread(target=watch, name="flowrelay-parent-watch", daemon=True).start()
 
@@ -209,16 +226,20 @@ def _run(
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(flow_run_id=run_id)
     log = structlog.get_logger("workers.child")
+    fence: int | None = None  # the attempt the worker's claim opened: its reports carry it
     try:
+        flow_run: FlowRun | None = None
+        if run_json is not None:
+            flow_run = FlowRun.model_validate_json(run_json)
+            fence = flow_run.state.details.attempt if flow_run.state is not None else None
         flow = flows.get(entrypoint)
         if flow is None:
             flow = flows[entrypoint] = load_flow(entrypoint)
-        if run_json is not None:
-            flow_run = FlowRun.model_validate_json(run_json)
-        else:
+        if flow_run is None:
             flow_run = embedded.call_sync(lambda api: api.read_flow_run(flow_run_id))
+            fence = flow_run.state.details.attempt if flow_run.state is not None else None
     except Exception as exc:  # noqa: BLE001 - EntrypointError, or the engine unreachable
-        state: State = Failed(message=f"could not start the flow run: {exc}")
+        state: State = Failed(message=f"could not start the flow run: {exc}", attempt=fence)
         log.warning("flow run could not start", entrypoint=entrypoint, error=str(exc))
         _report(flow_run_id, state)
         return state.name, state.message, _ms(received)
@@ -227,7 +248,7 @@ def _run(
         state = embedded.engine_loop().run(flow.run_existing(flow_run))
     except Exception as exc:  # noqa: BLE001 - a runtime bug or the engine lost: never silent
         log.exception("the flow engine failed")
-        state = Crashed(message=f"the flow engine failed: {type(exc).__name__}: {exc}")
+        state = Crashed(message=f"the flow engine failed: {type(exc).__name__}: {exc}", attempt=fence)
         _report(flow_run_id, state)
     return state.name, state.message, start_ms
 

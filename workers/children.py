@@ -60,6 +60,9 @@ class ChildExited:
 
     def describe(self) -> str:
         code = self.exitcode
+        if code == child_main.EXIT_LEASE_LOST:
+            return (f"child process {self.pid} stopped the run itself: the worker's lease ran out "
+                    "(no heartbeat answered in time)")
         if code is not None and code < 0:
             with contextlib.suppress(ValueError):
                 return f"child process {self.pid} was killed by {signal.Signals(-code).name} (exit code {code})"
@@ -79,12 +82,12 @@ Outcome = Finished | ChildExited | NoChild
 class ChildProcess:
     """One warm child process and the parent's end of its pipe."""
 
-    def __init__(self, ctx: Any, config: ChildConfig) -> None:
+    def __init__(self, ctx: Any, config: ChildConfig, lease: Any = None) -> None:
         self.config = config
         self.conn, self._child_conn = ctx.Pipe(duplex=True)
         self.process: BaseProcess = ctx.Process(
             target=child_main.main,
-            args=(self._child_conn, config),
+            args=(self._child_conn, config, lease),
             name=f"flowrelay-child-{config.index}",
             daemon=True,
         )
@@ -208,12 +211,17 @@ class ChildPool:
         *,
         start_method: StartMethod = "spawn",
         start_timeout: float = 60.0,
+        lease: Any = None,
     ) -> None:
+        """`lease`: the worker's lease deadline (a shared ``RawValue("d")`` of
+        ``time.monotonic()`` seconds, made with `shared_lease`); a child running a run past it
+        stops the run itself (`workers.child_main`)."""
         if size < 1:
             raise ValueError(f"a child pool needs at least one child, not {size}")
         self.size = size
         self._config_for = config_for
         self._ctx = multiprocessing.get_context(start_method)
+        self._lease = lease
         self._start_timeout = start_timeout
         self._idle: asyncio.Queue[ChildProcess] = asyncio.Queue()
         self._busy: dict[uuid.UUID, ChildProcess] = {}
@@ -233,7 +241,7 @@ class ChildPool:
 
     async def start(self) -> None:
         """Start every child and wait until all are ready (or raise `ChildStartError`)."""
-        children = [ChildProcess(self._ctx, self._config_for(i)) for i in range(self.size)]
+        children = [ChildProcess(self._ctx, self._config_for(i), self._lease) for i in range(self.size)]
         self._all.update(children)
         results = await asyncio.gather(
             *(child.start(self._start_timeout) for child in children), return_exceptions=True
@@ -295,7 +303,7 @@ class ChildPool:
         await dead.reap()
         delay = 0.5
         while not self._closing:
-            child = ChildProcess(self._ctx, self._config_for(dead.config.index))
+            child = ChildProcess(self._ctx, self._config_for(dead.config.index), self._lease)
             self._all.add(child)
             try:
                 await child.start(self._start_timeout)

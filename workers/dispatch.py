@@ -29,6 +29,8 @@ class Dispatch:
     entrypoint: str
     deployment: str | None = None
     work_pool: str | None = None
+    #: Claims made of the run before this dispatch was written (None: not said).
+    attempts: int | None = None
 
 
 def parse_dispatch(body: bytes) -> Dispatch:
@@ -62,7 +64,17 @@ def parse_dispatch(body: bytes) -> Dispatch:
         entrypoint=entrypoint,
         deployment=_optional_str(payload, "deployment"),
         work_pool=_optional_str(payload, "work_pool"),
+        attempts=_optional_count(payload, "attempts"),
     )
+
+
+def _optional_count(payload: dict[str, Any], key: str) -> int | None:
+    value = payload.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BadDispatch(f"dispatch payload: {key!r} must be a count (an integer >= 0), got {value!r}")
+    return value
 
 
 def _optional_str(payload: dict[str, Any], key: str) -> str | None:
@@ -76,6 +88,7 @@ def encode_dispatch(
     *,
     work_pool: str,
     deployment: str | None = None,
+    attempts: int | None = None,
 ) -> bytes:
     """A dispatch body as the engine writes it (for tests, tools and hand-replays)."""
     return json.dumps(
@@ -88,6 +101,7 @@ def encode_dispatch(
                 "deployment": deployment,
                 "entrypoint": entrypoint,
                 "work_pool": work_pool,
+                **({"attempts": attempts} if attempts is not None else {}),
             },
         }
     ).encode()

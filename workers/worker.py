@@ -21,6 +21,15 @@ Per dispatch message (docs/protocol.md, "Work"):
 A child that dies mid-run costs that run (proposed Crashed, with the exit code) and nothing else:
 the child is replaced and the worker keeps serving.
 
+Ownership (docs/protocol.md, "Attempts and leases"). The claim opens an attempt of the run (its
+number is in the answer's ``details.attempt``); every report of the run carries it, and the
+engine refuses the reports of an attempt it ended. A worker holds its runs under a lease that each
+answered heartbeat renews (`engine.server.heartbeats`: 80 % of the server's heartbeat timeout,
+from when the heartbeat was sent). It claims nothing without a valid lease, stops every run it
+still executes once the lease runs out (its children watch the deadline themselves, so they stop
+even while this process is frozen), and stops at once a run the heartbeat's answer names as
+revoked, or whose newer dispatch arrives (the engine ended this worker's attempt).
+
 Stop: cancel the consumer first (no new claims; unclaimed deliveries go back to the queue), wait up
 to `drain_timeout` for running runs, then hand back the rest: the child is killed and the run goes
 back to ``Scheduled`` (forced, but only while it is still Pending/Running under this worker), so
@@ -33,8 +42,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import multiprocessing
 import os
 import socket
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -43,7 +55,7 @@ from typing import Any, Literal
 from engine.broker import Broker, Consumer, IncomingMessage, Names
 from engine.broker.errors import BrokerError
 from engine.broker.topology import DEFAULT_DELIVERY_LIMIT, QueueSpec, build_topology
-from engine.errors import ObjectNotFound
+from engine.errors import EngineUnavailable, ObjectNotFound
 from engine.logging import get_logger
 from engine.ports import EngineAPI
 from engine.schemas import FlowRun, OrchestrationResult
@@ -57,8 +69,11 @@ __all__ = ["Mode", "Worker", "WorkerStats", "declare_pool"]
 
 Mode = Literal["process", "inline"]
 
-_TRANSIENT = (BrokerError, TimeoutError, OSError)
+#: Errors that mean "the engine could not be reached or could not act now": retried, never final.
+_TRANSIENT = (BrokerError, TimeoutError, OSError, EngineUnavailable)
 _REPORT_ATTEMPTS = 3
+#: The lease deadline while the engine grants none (an engine API without heartbeats).
+_NO_LEASE = math.inf
 
 
 @dataclass
@@ -71,6 +86,9 @@ class WorkerStats:
     requeued: int = 0
     child_crashes: int = 0
     handed_back: int = 0
+    #: runs stopped because their attempt was over (revoked) or the lease ran out
+    stopped_superseded: int = 0
+    stopped_lease_lost: int = 0
     final_states: Counter[str] = field(default_factory=Counter)
     #: time in the child from receiving a run to entering the flow engine (process mode)
     start_ms: list[float] = field(default_factory=list)
@@ -83,6 +101,10 @@ class _Run:
     task: asyncio.Task[None] | None = None
     #: set when the drain deadline passed: the run is being handed back
     handing_back: bool = False
+    #: the attempt the claim opened (None: the engine numbers none)
+    attempt: int | None = None
+    #: why this worker stopped the run itself ("superseded", "lease"), if it did
+    stopped: str | None = None
 
 
 async def declare_pool(
@@ -141,6 +163,7 @@ class Worker:
         start_method: StartMethod = "spawn",
         claim_timeout: float = 10.0,
         delivery_limit: int | None = None,
+        outage_timeout: float = 300.0,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
@@ -157,6 +180,8 @@ class Worker:
         self.heartbeat_interval = heartbeat_interval
         self.drain_timeout = drain_timeout
         self.claim_timeout = claim_timeout
+        #: how long a claim is retried while the engine is unreachable or its database down
+        self.outage_timeout = outage_timeout
         self.stats = WorkerStats()
         self._child_api = child_api
         self._start_method: StartMethod = start_method
@@ -174,6 +199,9 @@ class Worker:
         self._started = False
         self._stopping = False
         self._stopped = asyncio.Event()
+        #: the lease deadline in `time.monotonic()` seconds, shared with the children
+        self._lease = multiprocessing.get_context(start_method).RawValue("d", 0.0)
+        self._lease_renewed = asyncio.Event()
 
     # --- life cycle -------------------------------------------------------------------------
     @property
@@ -204,7 +232,8 @@ class Worker:
             if self.mode == "process":
                 self._check_children_can_reach_engine()
                 self._children = ChildPool(
-                    self.concurrency, self._child_config, start_method=self._start_method
+                    self.concurrency, self._child_config, start_method=self._start_method,
+                    lease=self._lease,
                 )
                 await self._children.start()
             else:
@@ -304,9 +333,14 @@ class Worker:
             return
         handed_over = reserved = False
         try:
-            if dispatch.flow_run_id in self._runs:
+            if not await self._superseded_by(dispatch, log):
                 log.info("run already claimed by this worker; dropping the duplicate delivery")
                 await message.ack()
+                return
+            if not await self._wait_for_lease():
+                self.stats.requeued += 1
+                log.warning("no lease (no heartbeat answered): requeueing the dispatch")
+                await message.nack(requeue=True)
                 return
             run = self._runs[dispatch.flow_run_id] = _Run(dispatch)
             reserved = True
@@ -332,7 +366,8 @@ class Worker:
             await message.ack()
             self.stats.claimed += 1
             run.flow_run = answer.run if isinstance(answer.run, FlowRun) else None
-            log.info("claimed flow run", entrypoint=dispatch.entrypoint)
+            run.attempt = answer.state.details.attempt if answer.state is not None else None
+            log.info("claimed flow run", entrypoint=dispatch.entrypoint, attempt=run.attempt)
             run.task = asyncio.get_running_loop().create_task(
                 self._execute(run), name=f"flowrelay-run-{dispatch.flow_run_id}"
             )
@@ -344,24 +379,77 @@ class Worker:
                 await self._give_slot()
 
     async def _claim(self, flow_run_id: uuid.UUID, log: Any) -> OrchestrationResult:
-        """Propose ``Pending(worker_id=W)``; after a transient failure, propose it again.
+        """Propose ``Pending(worker_id=W)``; after a transient failure (broker or database
+        unavailable, no reply in time), propose it again with backoff for up to
+        `outage_timeout` (the dispatch stays unacked meanwhile).
 
         A failure may come after the server committed the claim (killed before its reply): the
         run is then ours, and only we can learn it — a retry by the same worker is an accepted
         duplicate, whereas a requeued dispatch would reach another worker, be refused as
         "claimed elsewhere" and leave the run Pending for good."""
-        for attempt in range(_REPORT_ATTEMPTS):
+        deadline = time.monotonic() + self.outage_timeout
+        pause = 0.5
+        while True:
             try:
                 async with asyncio.timeout(self.claim_timeout):
                     return await self.api.set_flow_run_state(
                         flow_run_id, Pending(worker_id=self.worker_id)
                     )
             except _TRANSIENT as exc:
-                if attempt + 1 == _REPORT_ATTEMPTS or self._stopping:
+                if time.monotonic() + pause > deadline or self._stopping:
                     raise
-                log.warning("claim failed; proposing it again", error=f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(0.5 * (attempt + 1))
-        raise AssertionError("unreachable")
+                log.warning("claim failed; proposing it again", retry_in=pause,
+                            error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+
+    async def _superseded_by(self, dispatch: Dispatch, log: Any) -> bool:
+        """Whether `dispatch` is to be claimed: True unless this worker already runs the run
+        and the dispatch is a duplicate. A dispatch written after this worker's claim (its
+        ``attempts`` count includes our attempt) means the engine ended our attempt and handed
+        the run out again: our execution is stopped first, then the run claimed anew."""
+        run = self._runs.get(dispatch.flow_run_id)
+        if run is None:
+            return True
+        if dispatch.attempts is None or run.attempt is None or dispatch.attempts < run.attempt:
+            return False
+        log.warning("a newer dispatch of a run this worker executes: its attempt is over; "
+                    "stopping it", attempt=run.attempt, dispatch_attempts=dispatch.attempts)
+        self._stop_run(run, "superseded")
+        task = run.task
+        if task is not None:
+            await asyncio.wait([task], timeout=self.claim_timeout)
+        return dispatch.flow_run_id not in self._runs
+
+    async def _wait_for_lease(self) -> bool:
+        """Wait (up to `claim_timeout`) until this worker holds a valid lease."""
+        deadline = time.monotonic() + self.claim_timeout
+        while not self._lease_valid():
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stopping:
+                return False
+            self._lease_renewed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lease_renewed.wait(), min(left, 1.0))
+        return True
+
+    def _lease_valid(self) -> bool:
+        return bool(time.monotonic() < self._lease.value)
+
+    def _stop_run(self, run: _Run, why: str) -> None:
+        """Stop executing `run` now (its child killed, or its inline task cancelled): `why` is
+        "superseded" (the engine ended its attempt) or "lease" (the lease ran out)."""
+        if run.stopped is not None or run.task is None or run.task.done():
+            return
+        run.stopped = why
+        if why == "superseded":
+            self.stats.stopped_superseded += 1
+        else:
+            self.stats.stopped_lease_lost += 1
+        if self._children is not None:
+            self._children.terminate(run.dispatch.flow_run_id)
+        else:
+            run.task.cancel()
 
     async def _take_slot(self) -> bool:
         async with self._slots:
@@ -407,6 +495,8 @@ class Worker:
                      start_ms=outcome.start_ms)
         elif isinstance(outcome, ChildExited) and run.handing_back:
             await self._hand_back(run, log)
+        elif isinstance(outcome, ChildExited) and run.stopped == "superseded":
+            log.warning("stopped a run whose attempt the engine ended", attempt=run.attempt)
         elif isinstance(outcome, ChildExited):
             self.stats.child_crashes += 1
             self.stats.final_states["Crashed"] += 1
@@ -436,6 +526,13 @@ class Worker:
         try:
             state = await flow.run_existing(flow_run)
         except asyncio.CancelledError:
+            if run.stopped == "superseded":
+                log.warning("stopped a run whose attempt the engine ended", attempt=run.attempt)
+                return
+            if run.stopped == "lease":
+                message = f"worker {self.worker_id} stopped the run: its lease ran out"
+                await self._report(run, Crashed(message=message), log)
+                return
             if not run.handing_back:
                 raise
             # Our own cancel at the drain deadline. A sync body keeps running in its thread, so
@@ -486,7 +583,8 @@ class Worker:
             ):
                 async with asyncio.timeout(self.claim_timeout):
                     answer = await self.api.set_flow_run_state(
-                        flow_run_id, Scheduled(message=message, handed_back_by=self.worker_id),
+                        flow_run_id,
+                        Scheduled(message=message, handed_back_by=self.worker_id, attempt=run.attempt),
                         force=True,
                     )
                 if answer.accepted:
@@ -499,6 +597,7 @@ class Worker:
         await self._report(run, Crashed(message=f"{message}; handing it back failed"), log)
 
     async def _report(self, run: _Run, state: State, log: Any) -> None:
+        state.details.attempt = run.attempt  # refused if the engine ended this attempt
         if not await self._report_id(run.dispatch.flow_run_id, state):
             log.error("could not report the run's state", state=state.name)
 
@@ -517,15 +616,69 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         beat = getattr(self.api, "heartbeat", None)
         if beat is None:
-            self._log.debug("the engine API has no heartbeat: not sending any")
+            self._log.debug("the engine API has no heartbeat: not sending any (no lease)")
+            self._grant(_NO_LEASE)
             return
         while True:
+            sent = time.monotonic()
+            attempts = {
+                str(run_id): run.attempt for run_id, run in self._runs.items()
+                if run.task is not None and run.attempt is not None
+            }
             try:
                 async with asyncio.timeout(max(self.heartbeat_interval, 1.0)):
-                    await beat(self.worker_id, self.pool, self._claimed_ids())
+                    reply = await beat(self.worker_id, self.pool, self._claimed_ids(), attempts)
             except Exception as exc:  # noqa: BLE001 - a missed beat is logged, never fatal
-                self._log.warning("heartbeat failed", error=f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(self.heartbeat_interval)
+                left = self._lease.value - time.monotonic()
+                self._log.warning("heartbeat failed", error=f"{type(exc).__name__}: {exc}",
+                                  lease_left=round(max(left, 0.0), 2))
+            else:
+                self._renewed(sent, reply)
+            self._enforce_lease()
+            # Wake for the next beat, or when the lease runs out if that comes first.
+            left = self._lease.value - time.monotonic()
+            await asyncio.sleep(max(0.05, min(self.heartbeat_interval, left + 0.01)))
+
+    def _renewed(self, sent: float, reply: Any) -> None:
+        """A heartbeat sent at `sent` was answered with `reply`: renew the lease, stop the runs
+        it revokes."""
+        reply = reply if isinstance(reply, dict) else {}
+        lease = reply.get("lease_seconds")
+        if isinstance(lease, int | float) and not isinstance(lease, bool) and lease > 0:
+            if lease <= self.heartbeat_interval:
+                self._log.warning(
+                    "the lease is not longer than the heartbeat interval: runs will be stopped "
+                    "between beats (lower worker.heartbeat_interval_seconds or raise "
+                    "server.heartbeat_timeout_seconds)",
+                    lease_seconds=lease, heartbeat_interval=self.heartbeat_interval,
+                )
+            self._grant(max(self._lease.value, sent + lease))
+        else:
+            self._grant(_NO_LEASE)  # an engine that grants no lease: nothing to watch
+        for raw in reply.get("revoked") or ():
+            try:
+                run = self._runs.get(uuid.UUID(str(raw)))
+            except ValueError:
+                continue
+            if run is not None and run.stopped is None:
+                self._log.warning("the engine ended this run's attempt: stopping it",
+                                  flow_run_id=str(raw), attempt=run.attempt)
+                self._stop_run(run, "superseded")
+
+    def _grant(self, deadline: float) -> None:
+        self._lease.value = deadline
+        self._lease_renewed.set()
+
+    def _enforce_lease(self) -> None:
+        """Stop every run still executing once the lease has run out (the children do it
+        themselves too: this covers inline runs, and children between two checks)."""
+        if self._lease_valid():
+            return
+        for run in list(self._runs.values()):
+            if run.task is not None and run.stopped is None:
+                self._log.error("the lease ran out (no heartbeat answered): stopping the run",
+                                flow_run_id=str(run.dispatch.flow_run_id), attempt=run.attempt)
+                self._stop_run(run, "lease")
 
     # --- modes ------------------------------------------------------------------------------
     def _child_config(self, index: int) -> ChildConfig:
@@ -562,5 +715,6 @@ def _summary(stats: WorkerStats) -> dict[str, Any]:
         "claimed": stats.claimed, "claimed_elsewhere": stats.claimed_elsewhere,
         "dead_lettered": stats.dead_lettered, "requeued": stats.requeued,
         "child_crashes": stats.child_crashes, "handed_back": stats.handed_back,
+        "stopped_superseded": stats.stopped_superseded, "stopped_lease_lost": stats.stopped_lease_lost,
         "final_states": dict(stats.final_states),
     }

@@ -94,6 +94,7 @@ async def _serve(url: str, pool: str, concurrency: int, drain_timeout: float) ->
             heartbeat_interval=settings.worker.heartbeat_interval_seconds,
             drain_timeout=drain_timeout,
             claim_timeout=settings.broker.rpc_timeout_seconds,
+            outage_timeout=settings.runtime.report_timeout_seconds,
         )
         for sig in signals:
             loop.add_signal_handler(sig, stop.set)

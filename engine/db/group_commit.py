@@ -89,6 +89,36 @@ def is_transient_conflict(exc: BaseException) -> bool:
     return False
 
 
+#: SQLSTATE classes/codes of a database that cannot serve now: connection exceptions (08),
+#: insufficient resources (53), operator intervention (57: shutting down, terminated sessions,
+#: cannot connect now), and 55000 (``database ... is not currently accepting connections``).
+_UNAVAILABLE_CLASSES = ("08", "53", "57")
+_UNAVAILABLE_CODES = frozenset({"55000"})
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` (or an exception it was raised from) means the database cannot be reached
+    or cannot serve now (refused or lost connections, shutting down, SQLite locked, the pool
+    exhausted): the same work may succeed later, so it is an outage to wait out, not an answer."""
+    from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError | ConnectionError | DisconnectionError | PoolTimeout):
+            return True
+        if isinstance(current, DBAPIError):
+            if current.connection_invalidated or isinstance(current, OperationalError | InterfaceError):
+                return True
+            code = str(getattr(current.orig, "sqlstate", None) or getattr(current.orig, "pgcode", "") or "")
+            if code in _UNAVAILABLE_CODES or code[:2] in _UNAVAILABLE_CLASSES:
+                return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How a work that lost a transient conflict is run again: up to `attempts` more times,

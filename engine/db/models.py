@@ -179,6 +179,9 @@ class FlowRunRow(_CurrentState, Base):
     #: When a deployment run was handed to its pool (its dispatch event written); NULL while it
     #: waits for its start time, a concurrency slot or a retry (migration 0002).
     dispatched_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: Claims made of this run: the last one opened attempt number `attempts` (migration 0005).
+    #: Only grows; it is the fencing token of the run's reports (`engine.orchestration`).
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

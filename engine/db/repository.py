@@ -101,6 +101,7 @@ def flow_run(row: FlowRunRow | RunRecord) -> FlowRun:
         parent_flow_run_id=row.parent_flow_run_id,
         state=current_state(row),
         run_count=row.run_count or 0,
+        attempts=row.attempts or 0,
         expected_start_time=row.expected_start_time,
         start_time=row.start_time,
         end_time=row.end_time,

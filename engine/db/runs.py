@@ -40,7 +40,7 @@ LOGS = cast(Table, LogRow.__table__)
 MUTABLE = (
     "state_type", "state_name", "state_message", "state_timestamp", "state_details", "result",
     "run_count", "start_time", "end_time", "event_seq", "last_event_id", "updated",
-    "dispatched_at", "deployment_version", "work_pool",
+    "dispatched_at", "deployment_version", "work_pool", "attempts",
 )
 
 _SELECT_RUN = select(FLOW_RUNS).where(FLOW_RUNS.c.id == bindparam("run_id"))

@@ -109,4 +109,15 @@ async def adopt_holders(session: AsyncSession, now: dt.datetime) -> int:
     return len(holders)
 
 
-__all__ = ["adopt_holders", "held_runs", "orphaned_claims", "record", "silent", "take_if_silent"]
+async def superseded(session: AsyncSession, attempts: dict[uuid.UUID, int]) -> list[uuid.UUID]:
+    """Of the runs a worker says it runs in `attempts` (run id -> attempt), those whose current
+    state is not of that attempt any more (ended by the engine, claimed again, or gone)."""
+    if not attempts:
+        return []
+    query = select(FlowRunRow.id, FlowRunRow.state_details).where(FlowRunRow.id.in_(list(attempts)))
+    current = {run_id: (details or {}).get("attempt") for run_id, details in await session.execute(query)}
+    return [run_id for run_id, token in attempts.items() if current.get(run_id, -1) != token]
+
+
+__all__ = ["adopt_holders", "held_runs", "orphaned_claims", "record", "silent", "superseded",
+           "take_if_silent"]

@@ -116,6 +116,9 @@ def dispatch_values(row: Any, dep: Any, now: dt.datetime) -> tuple[Event, dict[s
             "entrypoint": dep.entrypoint,
             "work_pool": row.work_pool,
             "parameters": row.parameters or {},
+            # Claims made before this dispatch: a worker still running attempt <= this number
+            # learns from it that its attempt is over (`workers.worker`).
+            "attempts": row.attempts or 0,
         },
     )
     values = repo.event_values(event)

@@ -31,7 +31,12 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import structlog
 
-from engine.errors import ParameterValidationError, ResultNotSerializable, ResultTooLarge
+from engine.errors import (
+    EngineUnavailable,
+    ParameterValidationError,
+    ResultNotSerializable,
+    ResultTooLarge,
+)
 from engine.runtime import embedded
 from engine.runtime.context import FlowRunContext, flow_run_ctx, task_run_ctx
 from engine.runtime.futures import TaskFuture
@@ -194,6 +199,8 @@ class FlowRunner:
         self.parent: FlowRunContext | None = caller_context.get(flow_run_ctx)
         self.parent_task_run_id: uuid.UUID | None = None
         self.logs: list[LogRecord] = []
+        #: the attempt of the run this runner executes (see `run`)
+        self.fence: int | None = None
 
     # --- creation ---------------------------------------------------------------------------
     async def run_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> State:
@@ -267,6 +274,9 @@ class FlowRunner:
     ) -> State:
         flow = self.flow
         structlog.contextvars.bind_contextvars(flow_run_id=str(flow_run.id))
+        # The attempt a worker's claim opened (None: no worker claimed this run): every report
+        # of this run carries it, so the engine refuses them once the attempt is superseded.
+        self.fence = flow_run.state.details.attempt if flow_run.state is not None else None
         if params is None:
             params = dict(flow_run.parameters)
         if error is None and flow.should_validate_parameters:
@@ -283,6 +293,7 @@ class FlowRunner:
         while True:
             worker = embedded.worker_details()
             running = Running(**worker, flow_retries=flow.retries, retry_delay_seconds=flow.retry_delay_seconds) if worker else Running()
+            running.details.attempt = self.fence
             answer = await _delivered(
                 lambda: embedded.call(lambda api: api.set_flow_run_state(flow_run.id, running)),  # noqa: B023 - awaited at once
                 what=f"the Running state of flow run {flow_run.name!r}",
@@ -299,6 +310,7 @@ class FlowRunner:
                     message=f"retry {attempt}/{flow.retries} in {delay:g} s after: {state.message}",
                     scheduled_time=utcnow() + dt.timedelta(seconds=delay),
                     retry_count=attempt,
+                    attempt=self.fence,
                 )
                 await _delivered(
                     lambda: embedded.call(lambda api: api.set_flow_run_state(flow_run.id, retry)),  # noqa: B023
@@ -363,6 +375,7 @@ class FlowRunner:
 
     async def _finish(self, flow_run: FlowRun, state: State) -> State:
         state.details.flow_run_id = flow_run.id
+        state.details.attempt = self.fence
         if state.is_completed():
             try:
                 state.data = to_storable(
@@ -414,7 +427,7 @@ async def _delivered(call: Callable[[], Awaitable[R]], *, what: str) -> R:
     while True:
         try:
             return await call()
-        except (BrokerUnavailable, PublishTimeout, RpcTimeout, ConnectionError) as exc:
+        except (BrokerUnavailable, PublishTimeout, RpcTimeout, ConnectionError, EngineUnavailable) as exc:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 raise

@@ -15,7 +15,7 @@ from typing import Any
 import pydantic
 from pydantic_core import to_jsonable_python
 
-from engine.errors import FlowrelayError
+from engine.errors import EngineUnavailable, FlowrelayError
 
 #: The service methods reachable over the broker. Reads and writes of runs, task runs, logs,
 #: events and deployments; nothing that administers the database.
@@ -65,4 +65,17 @@ class CommandTable:
                 f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors()
             )
             raise BadCommand(f"command {method!r} has bad parameters: {problems}") from None
+        except Exception as exc:
+            # Imported here: workers and the CLI import this module for SERVICE_COMMANDS and
+            # must not pay for SQLAlchemy.
+            from engine.db.group_commit import is_unavailable
+
+            if isinstance(exc, FlowrelayError) or not is_unavailable(exc):
+                raise
+            # An outage, not an answer: the caller retries (within its own bound).
+            detail = str(exc).splitlines()[0] if str(exc) else "no detail"
+            raise EngineUnavailable(
+                f"{method}: the database is unavailable ({type(exc).__name__}: {detail}); "
+                "try again later"
+            ) from exc
         return {"value": to_jsonable_python(result)}

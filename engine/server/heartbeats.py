@@ -19,6 +19,20 @@ Scheduled the same way, or nobody would ever run it.
 
 At start, workers that hold runs but have no row are given one full timeout to be heard.
 
+Leases. The reply to a heartbeat grants the worker a lease of `lease_seconds(timeout)` (80 % of
+the timeout), counted by the worker from when it *sent* that heartbeat; it also lists the runs
+the worker named whose attempt is over (`revoked`: the engine ended it, or a newer claim opened
+another), which the worker stops at once. A server records a heartbeat no earlier than it was
+sent and judges a worker only a full timeout after that, so a worker that stops its runs when its
+lease runs out (`workers.worker`: the children watch it themselves, so a frozen worker process
+cannot keep them going) has stopped them at least 20 % of a timeout before any server may hand
+them to someone else.
+
+Its own stalls. Crashed means "the owner is gone", never "I was busy": a server whose monitor
+wakes up late (its event loop stalled, the process was stopped, the machine froze) and a server
+that just started judge nobody for one timeout — heartbeats sent meanwhile are still queued for
+it, and the silence it would measure is its own.
+
 Silence counts only while this server could hear: a server whose broker connection is down, or
 came back less than a timeout ago (RabbitMQ restarted, connections closed), judges nobody — the
 workers were cut off with it, their heartbeats and final states are on their way, and reaping
@@ -29,6 +43,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +53,14 @@ import structlog
 from engine.states import utcnow
 
 log = structlog.get_logger("flowrelay.heartbeats")
+
+#: The lease a heartbeat grants, as a fraction of the heartbeat timeout (see the docstring).
+LEASE_FRACTION = 0.8
+
+
+def lease_seconds(timeout: float) -> float:
+    """The lease a heartbeat grants its worker under `server.heartbeat_timeout_seconds`."""
+    return round(timeout * LEASE_FRACTION, 3)
 
 
 class HeartbeatMonitor:
@@ -54,11 +78,23 @@ class HeartbeatMonitor:
         self.heard_for = heard_for
         #: checks skipped because this server could not hear the workers for a full timeout
         self.deaf_checks = 0
+        #: checks skipped because this server itself stalled or started less than a timeout ago
+        self.stalled_checks = 0
+        self._judge_after: dt.datetime | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.service.adopt_held_workers()
+        self.stalled(0.0, why="started")  # its own downtime: the workers get one timeout
         self._task = asyncio.create_task(self._run(), name="flowrelay-heartbeat-monitor")
+
+    def stalled(self, seconds: float, *, why: str = "stalled") -> None:
+        """This server could not hear for `seconds` (it was stopped, its loop blocked, it was
+        down): judge nobody until one full timeout from now."""
+        self._judge_after = self.clock() + dt.timedelta(seconds=self.timeout)
+        if seconds:
+            log.warning("this server stalled: judging no worker for one heartbeat timeout",
+                        stalled_seconds=round(seconds, 2), timeout=self.timeout, why=why)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -66,14 +102,32 @@ class HeartbeatMonitor:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
-    async def beat(self, worker_id: str, pool: str, flow_run_ids: list[str]) -> dict[str, Any]:
+    async def beat(
+        self,
+        worker_id: str,
+        pool: str,
+        flow_run_ids: list[str],
+        attempts: dict[uuid.UUID, int] | None = None,
+    ) -> dict[str, Any]:
+        """Record the heartbeat; reply with the worker's lease and the runs it must stop
+        (`attempts`: the attempt of each run it is executing)."""
         await self.service.record_heartbeat(worker_id, pool, flow_run_ids, at=self.clock())
-        return {}
+        revoked = await self.service.superseded_attempts(attempts) if attempts else []
+        for run_id in revoked:
+            log.warning("worker runs a superseded attempt: telling it to stop",
+                        worker_id=worker_id, flow_run_id=str(run_id), attempt=(attempts or {})[run_id])
+        return {"lease_seconds": lease_seconds(self.timeout), "revoked": [str(r) for r in revoked]}
 
     async def _run(self) -> None:
         interval = max(0.2, min(self.timeout / 4, 5.0))
+        # A wake-up later than this means the server itself stalled (not the workers).
+        tolerance = max(1.0, interval)
         while True:
+            slept = time.monotonic()
             await asyncio.sleep(interval)
+            late = time.monotonic() - slept - interval
+            if late > tolerance:
+                self.stalled(late)
             try:
                 await self.check()
             except asyncio.CancelledError:
@@ -83,6 +137,9 @@ class HeartbeatMonitor:
 
     async def check(self) -> None:
         """Reap every worker no server has heard for the timeout (while this one could hear)."""
+        if self._judge_after is not None and self.clock() < self._judge_after:
+            self.stalled_checks += 1
+            return
         heard_for = self.heard_for()
         if heard_for < self.timeout:
             self.deaf_checks += 1

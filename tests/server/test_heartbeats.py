@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -15,7 +16,7 @@ from engine.db.models import EventRow
 from engine.schemas import DeploymentSpec, FlowRun
 from engine.server.heartbeats import HeartbeatMonitor
 from engine.service import EngineService
-from engine.states import Completed, Pending, Running, State, utcnow
+from engine.states import Completed, Crashed, Pending, Running, State, utcnow
 
 TIMEOUT = 30.0
 
@@ -286,3 +287,56 @@ async def test_a_server_that_could_not_hear_judges_nobody(
 
     # Then the worker is lost and its run Crashed
     assert (await a.read_flow_run(run.id)).state_name == "Crashed"
+
+
+async def test_a_server_that_stalled_judges_nobody_for_one_timeout(
+    services: tuple[EngineService, EngineService], clock: Clock
+) -> None:
+    """Crashed means "the owner is gone", never "I was busy": a server stopped (SIGSTOP, a
+    frozen VM, a blocked loop) longer than the timeout wakes to stale heartbeats of healthy
+    workers, whose beats are still queued for it."""
+    # Given a worker running a run, last heard just before this server stalled for 2 timeouts
+    a, _ = services
+    run = await deployment_run(a)
+    await a.set_flow_run_state(run.id, Pending(worker_id="w-1"))
+    await a.set_flow_run_state(run.id, Running(worker_id="w-1"))
+    monitor = HeartbeatMonitor(a, timeout=TIMEOUT, clock=clock)
+    await monitor.beat("w-1", "pool-a", [str(run.id)])
+    clock.jump(TIMEOUT * 2)
+
+    # When it notices its own stall, and checks within one timeout of waking
+    monitor.stalled(TIMEOUT * 2)
+    await monitor.check()
+    clock.jump(TIMEOUT * 0.9)
+    await monitor.check()
+
+    # Then nobody was judged
+    assert (await a.read_flow_run(run.id)).state_name == "Running"
+    assert monitor.stalled_checks == 2
+
+    # And once a full timeout has passed since it woke, with the worker still silent, it is
+    clock.jump(TIMEOUT * 0.2)
+    await monitor.check()
+    assert (await a.read_flow_run(run.id)).state_name == "Crashed"
+
+
+async def test_a_heartbeat_grants_a_lease_and_revokes_superseded_attempts(
+    services: tuple[EngineService, EngineService], clock: Clock
+) -> None:
+    # Given two runs claimed by w-1 (attempt 1 each); the engine then ended the second's attempt
+    a, _ = services
+    kept, ended = await deployment_run(a), await a.create_deployment_run("etl/nightly")
+    for run in (kept, ended):
+        await a.set_flow_run_state(run.id, Pending(worker_id="w-1"))
+        await a.set_flow_run_state(run.id, Running(worker_id="w-1", attempt=1))
+    await a.set_flow_run_state(ended.id, Crashed(message="cancelled by hand"), force=True)
+    monitor = HeartbeatMonitor(a, timeout=TIMEOUT, clock=clock)
+
+    # When w-1 beats, naming both runs with their attempts (and one the engine never saw)
+    unknown = uuid.uuid4()
+    reply = await monitor.beat("w-1", "pool-a", [str(kept.id), str(ended.id)],
+                               {kept.id: 1, ended.id: 1, unknown: 1})
+
+    # Then its lease is 80 % of the timeout and it must stop the ended and the unknown run
+    assert reply["lease_seconds"] == pytest.approx(TIMEOUT * 0.8)
+    assert sorted(reply["revoked"]) == sorted([str(ended.id), str(unknown)])

@@ -10,6 +10,7 @@ import pytest
 
 from engine.broker import Names
 from engine.broker.errors import BrokerUnavailable
+from engine.errors import EngineUnavailable
 from engine.states import StateType
 from workers import Worker, WorkerConfigError
 
@@ -99,9 +100,19 @@ async def test_bad_dispatch_messages_are_dead_lettered_and_the_worker_keeps_serv
     assert (await service.read_flow_run(good)).state.name == "Completed"
 
 
-@pytest.mark.parametrize(("failures", "requeued"), [(1, 0), (3, 1)])
+@pytest.mark.parametrize(
+    ("error", "failures", "outage_timeout", "requeued"),
+    [
+        (BrokerUnavailable("connection lost"), 1, 300.0, 0),
+        (BrokerUnavailable("connection lost"), 4, 300.0, 0),
+        # the database refusing connections is an outage to wait out, like the broker's
+        (EngineUnavailable("set_flow_run_state: the database is unavailable"), 4, 300.0, 0),
+        # past the user's bound (runtime.report_timeout_seconds) the dispatch is requeued
+        (BrokerUnavailable("connection lost"), 3, 1.0, 1),
+    ],
+)
 async def test_a_transient_claim_failure_is_proposed_again_then_requeued(
-    flows, service, dispatch, make_worker, failures, requeued
+    flows, service, dispatch, make_worker, error, failures, outage_timeout, requeued
 ):
     class Flaky:
         """The service, with claims lost on the way (as if the broker dropped)."""
@@ -115,16 +126,16 @@ async def test_a_transient_claim_failure_is_proposed_again_then_requeued(
         async def set_flow_run_state(self, flow_run_id, state, **options):
             if state.is_pending() and self.failures:
                 self.failures -= 1
-                raise BrokerUnavailable("connection lost")
+                raise error
             return await service.set_flow_run_state(flow_run_id, state, **options)
 
-    worker = make_worker("inline", api=Flaky())
+    worker = make_worker("inline", api=Flaky(), outage_timeout=outage_timeout)
     run_id = await dispatch(f"{flows}:append", tag="x")
 
-    stats = await worker.run_until_idle(timeout=30)
+    stats = await worker.run_until_idle(timeout=60)
 
-    # proposed again up to 3 times by the same worker, then the dispatch goes back to the queue
-    assert stats.requeued == requeued and stats.claimed == 1
+    # proposed again with backoff by the same worker, and only past the bound requeued
+    assert stats.requeued == requeued and stats.claimed == 1 and stats.dead_lettered == 0
     assert (await service.read_flow_run(run_id)).state.name == "Completed"
 
 
@@ -166,8 +177,9 @@ async def test_heartbeats_name_the_running_runs(flows, service, dispatch, make_w
         def __getattr__(self, name):
             return getattr(service, name)
 
-        async def heartbeat(self, worker_id, pool, flow_run_ids):
+        async def heartbeat(self, worker_id, pool, flow_run_ids, attempts=None):
             beats.append((worker_id, pool, list(flow_run_ids)))
+            return {"lease_seconds": 30.0, "revoked": []}
 
     worker = make_worker("inline", api=WithHeartbeat(), heartbeat_interval=0.05)
     run_id = await dispatch(f"{flows}:async_nap", seconds=0.5)

@@ -27,10 +27,19 @@ async def test_process_mode_over_rabbitmq_claims_runs_heartbeats_and_completes(
     monkeypatch.setenv("FLOWRELAY_BROKER__URL", amqp_url)  # what the children connect to
     names = Names(f"flowrelay-test-{uuid.uuid4().hex[:12]}")
     beats: list[tuple[str, str, list[uuid.UUID]]] = []
+    attempts: dict[uuid.UUID, int] = {}
 
-    async def heartbeat(worker_id: str, pool: str, flow_run_ids: list[uuid.UUID]) -> dict:
+    seen = attempts
+
+    async def heartbeat(
+        worker_id: str, pool: str, flow_run_ids: list[uuid.UUID],
+        attempts: dict[uuid.UUID, int] | None = None,
+    ) -> dict:
         beats.append((worker_id, pool, flow_run_ids))
-        return {}
+        seen.update(attempts or {})
+        return {"lease_seconds": 30.0, "revoked": []}
+
+
 
     table = CommandTable()
     table.add_service(service)
@@ -73,6 +82,9 @@ async def test_process_mode_over_rabbitmq_claims_runs_heartbeats_and_completes(
         assert run.state.name == "Completed", run.state
         running = [s for s in await service.read_flow_run_states(run_id) if s.name == "Running"]
         assert running[0].details.worker_id == worker.worker_id
+        # the claim opened attempt 1; the child's reports and the heartbeats carried it
+        assert run.attempts == 1 and running[0].details.attempt == 1
+        assert run.state.details.attempt == 1 and attempts[run_id] == 1
         assert any("appended" in log.message for log in await service.read_logs(run_id))
     latencies = []
     for run_id in runs:
