@@ -42,8 +42,8 @@ class Engine:
 
 async def until(predicate, timeout: float = 30.0) -> None:
     async with asyncio.timeout(timeout):
-        while not await predicate():
-            await asyncio.sleep(0.05)  # noqa: ASYNC110 - polls the database, as a user would
+        while not await predicate():  # noqa: ASYNC110 - polls the database, as a user would
+            await asyncio.sleep(0.05)
 
 
 async def state_of(service, run_id) -> str | None:
