@@ -62,3 +62,26 @@ def ping(n: int = 0) -> int:
     start = time.time()
     record("ping", start, str(n))
     return n
+
+
+def _tick_for(kind: str, batch_id: str, seconds: float) -> dict[str, str]:
+    """Record a tick every 0.1 s while the body runs, so a test sees when each execution really
+    ran — also one stopped before it finished (it has ticks but no `<kind>` line)."""
+    start = time.time()
+    record(f"{kind}-start", start, batch_id)
+    while time.time() < start + seconds:
+        time.sleep(0.1)
+        record("tick", time.time(), batch_id)
+    record(kind, start, batch_id)
+    return {"batch_id": batch_id}
+
+
+@flow(name="ticking", retries=1)
+def ticking(batch_id: str, seconds: float = 4.0) -> dict[str, str]:
+    return _tick_for("ticking", batch_id, seconds)
+
+
+@flow(name="ticking-once")
+def ticking_once(batch_id: str, seconds: float = 4.0) -> dict[str, str]:
+    """As `ticking`, without retries: a Crashed state would be final."""
+    return _tick_for("ticking-once", batch_id, seconds)
