@@ -257,7 +257,17 @@ class AutomationsService(Management):
             log.exception("rule evaluation failed", event_id=event.get("id"), event=event.get("event"))
             await self._dead_letter(message, f"rule evaluation failed: {type(exc).__name__}: {exc}")
             return
-        new = await written if written is not None else []
+        try:
+            new = await written if written is not None else []
+        except Exception as exc:  # noqa: BLE001 - the database stayed unavailable past its bound
+            # The evaluator counted this event, but nothing of it was committed: rebuild the
+            # evaluator from the database before the next event (in-memory state never runs
+            # ahead of what is committed), and let the broker deliver this one again.
+            self._active = False
+            log.error("could not commit an event's trigger state; it will be evaluated again",
+                      event_id=event.get("id"), error=f"{type(exc).__name__}: {exc}")
+            await message.nack(requeue=True)
+            return
         for firing in new:  # committed: its actions may start (before the ack, which they need not wait for)
             self._spawn(firing)
         await message.ack()
@@ -379,7 +389,15 @@ class AutomationsService(Management):
         async with self._lock:
             outcome = self.evaluator.advance(now or self.clock())
             written = self._submit(outcome) if _has_writes(outcome) else None
-        new = await written if written is not None else []
+        try:
+            new = await written if written is not None else []
+        except Exception as exc:  # noqa: BLE001 - the database stayed unavailable past its bound
+            # Windows closed in memory only: rebuild the evaluator from the database before the
+            # next event; the restored deadlines fire these again.
+            self._active = False
+            log.error("could not commit the closing of due windows; they will close again",
+                      error=f"{type(exc).__name__}: {exc}")
+            return []
         for firing in new:
             self._spawn(firing)
         return new

@@ -118,12 +118,14 @@ class EngineService:
         busy_timeout_ms: int = 5000,
         conflict_retry: RetryPolicy | None = None,
         parameters_max_bytes: int = 1_000_000,
+        unavailable_timeout: float = 300.0,
     ) -> None:
         self.url = url
         self.result_max_bytes = result_max_bytes
         self.parameters_max_bytes = parameters_max_bytes
         self._busy_timeout_ms = busy_timeout_ms
         self._conflict_retry = conflict_retry or RetryPolicy()
+        self._unavailable_timeout = unavailable_timeout
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._read_sessions: async_sessionmaker[AsyncSession] | None = None
@@ -171,7 +173,8 @@ class EngineService:
         self._read_engine = read_only(engine)
         self._read_sessions = async_sessionmaker(self._read_engine, expire_on_commit=False)
         self._writer = GroupCommit(
-            self._sessions, on_commit=self._committed, retry=self._conflict_retry
+            self._sessions, on_commit=self._committed, retry=self._conflict_retry,
+            outage_timeout=self._unavailable_timeout,
         )
         await self._writer.start()
 
@@ -220,6 +223,12 @@ class EngineService:
         """A read-only snapshot session (never takes SQLite's write lock)."""
         async with self._read() as session:
             yield session
+
+    @property
+    def unavailable_for(self) -> float | None:
+        """Seconds the database has been unavailable to this service's writes (None: it
+        serves). The heartbeat monitor judges nobody meanwhile."""
+        return self._writer.outage_seconds if self._writer is not None else None
 
     def _committed(self) -> None:
         for listener in self._commit_listeners:

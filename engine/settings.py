@@ -58,6 +58,9 @@ class DatabaseSettings(_Section):
     #: `conflict_backoff_ms` doubled at each retry (at most 1 s).
     conflict_retries: int = Field(5, ge=0)
     conflict_backoff_ms: float = Field(20, ge=0)
+    #: A database that cannot be reached (connections refused or lost) is waited out this long:
+    #: the server's writes wait, in order, and are run again once it is back; past it they fail.
+    unavailable_timeout_seconds: float = Field(300, gt=0)
 
 
 class BrokerSettings(_Section):

@@ -17,6 +17,12 @@ queued works in order and runs each batch in one transaction:
   times; its caller sees only the final outcome. A work must therefore be re-runnable: it reads
   what it needs inside the transaction and keeps no effect outside it but `after_commit`.
 
+A database that cannot be reached (`is_unavailable`: connections refused or lost, shutting down,
+SQLite locked) is an outage, not an answer: the failed batch runs again after a backoff, ahead of
+everything queued after it, until it commits or the outage has lasted `outage_timeout`
+(``database.unavailable_timeout_seconds``). Callers just wait; writes keep their order, so no
+component's in-memory state (the rule engine's windows) runs ahead of a write that is lost.
+
 Background works (queued under `background()`: the scheduler making runs ahead, marking runs
 Late) run only in what room a batch has left after every waiting foreground work (commands,
 due dispatches): 10,000 runs made for the next cron slot never stand between a command and its
@@ -40,6 +46,7 @@ import collections
 import contextlib
 import contextvars
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -94,11 +101,13 @@ def is_transient_conflict(exc: BaseException) -> bool:
 #: cannot connect now), and 55000 (``database ... is not currently accepting connections``).
 _UNAVAILABLE_CLASSES = ("08", "53", "57")
 _UNAVAILABLE_CODES = frozenset({"55000"})
+#: SQLite's OperationalErrors that mean "not now" rather than "never" (a missing table is one too).
+_SQLITE_UNAVAILABLE = ("database is locked", "unable to open database", "disk i/o error")
 
 
 def is_unavailable(exc: BaseException) -> bool:
     """Whether `exc` (or an exception it was raised from) means the database cannot be reached
-    or cannot serve now (refused or lost connections, shutting down, SQLite locked, the pool
+    or cannot serve now (connections refused or lost, shutting down, SQLite locked, the pool
     exhausted): the same work may succeed later, so it is an outage to wait out, not an answer."""
     from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
     from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -110,13 +119,24 @@ def is_unavailable(exc: BaseException) -> bool:
         if isinstance(current, OSError | ConnectionError | DisconnectionError | PoolTimeout):
             return True
         if isinstance(current, DBAPIError):
-            if current.connection_invalidated or isinstance(current, OperationalError | InterfaceError):
+            if current.connection_invalidated or isinstance(current, InterfaceError):
                 return True
             code = str(getattr(current.orig, "sqlstate", None) or getattr(current.orig, "pgcode", "") or "")
             if code in _UNAVAILABLE_CODES or code[:2] in _UNAVAILABLE_CLASSES:
                 return True
+            if isinstance(current, OperationalError) and any(
+                text in str(current.orig).lower() for text in _SQLITE_UNAVAILABLE
+            ):
+                return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def _connection_lost(jobs: list[_Job]) -> Exception | None:
+    for job in jobs:
+        if isinstance(job.error, Exception) and is_unavailable(job.error):
+            return job.error
+    return None
 
 
 @dataclass(frozen=True)
@@ -162,11 +182,16 @@ class GroupCommit:
         on_commit: Callable[[], None],
         max_batch: int = 200,
         retry: RetryPolicy | None = None,
+        outage_timeout: float = 300.0,
     ) -> None:
         self._sessions = sessions
         self._on_commit = on_commit
         self._max_batch = max_batch
         self._retry = retry or RetryPolicy()
+        #: how long a batch waits out a database that is unavailable before failing its works
+        self.outage_timeout = outage_timeout
+        #: when the current outage began (`time.monotonic()`), None while the database serves
+        self._outage_since: float | None = None
         self._queue: collections.deque[_Job] = collections.deque()
         self._background: collections.deque[_Job] = collections.deque()
         self._wake = asyncio.Event()
@@ -178,6 +203,14 @@ class GroupCommit:
         self.works = 0
         #: works run again after a transient conflict (deadlock, serialization failure)
         self.retried = 0
+        #: database outages waited out, and batches run again meanwhile
+        self.outages = 0
+        self.outage_retries = 0
+
+    @property
+    def outage_seconds(self) -> float | None:
+        """How long the database has been unavailable to this writer (None: it serves)."""
+        return None if self._outage_since is None else time.monotonic() - self._outage_since
 
     async def start(self) -> None:
         if self._task is None:
@@ -227,22 +260,40 @@ class GroupCommit:
                     await self._commit(jobs)
 
     async def _commit(self, jobs: list[_Job]) -> None:
-        try:
-            committed = await self._transaction(jobs)
-        except asyncio.CancelledError:
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(RuntimeError("the engine service was closed"))
-            raise
-        except Exception as exc:  # noqa: BLE001 - each caller gets the error (or a retry)
-            if len(jobs) == 1:
-                jobs[0].error, jobs[0].result = exc, None
-                committed = False
-            else:
-                # Nothing of the batch was committed: give every work its own transaction.
+        pause = 0.1
+        while True:
+            try:
+                committed = await self._transaction(jobs)
+                failure: Exception | None = None if committed else jobs[0].error  # type: ignore[assignment]
+                if committed and (lost := _connection_lost(jobs)) is not None:
+                    # A work lost the connection mid-batch: the transaction died with it,
+                    # whatever the commit said. Nothing of it counts.
+                    committed, failure = False, lost
+            except asyncio.CancelledError:
                 for job in jobs:
-                    await self._commit([job])
-                return
+                    if not job.future.done():
+                        job.future.set_exception(RuntimeError("the engine service was closed"))
+                raise
+            except Exception as exc:  # noqa: BLE001 - each caller gets the error (or a retry)
+                committed, failure = False, exc
+            if failure is None or not is_unavailable(failure) or not self._wait_out(failure):
+                break
+            # An outage, not an answer: nothing was committed. The same batch runs again, ahead
+            # of everything queued after it (the writer waits with it), so writes keep their order.
+            self.outage_retries += 1
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+        if failure is None and self._outage_since is not None:
+            log.warning("the database is back: writes go on",
+                        unavailable_seconds=round(time.monotonic() - self._outage_since, 2))
+            self._outage_since = None
+        if not committed and len(jobs) > 1:
+            # Nothing of the batch was committed: give every work its own transaction.
+            for job in jobs:
+                await self._commit([job])
+            return
+        if not committed:
+            jobs[0].error, jobs[0].result = failure, None
         if committed:
             self.batches += 1
             self.works += len(jobs)
@@ -261,6 +312,18 @@ class GroupCommit:
                 job.future.set_exception(job.error)
             else:
                 job.future.set_result(job.result)
+
+    def _wait_out(self, failure: BaseException) -> bool:
+        """Whether to run a batch again after `failure` (the database unavailable): yes until
+        the outage has lasted `outage_timeout`."""
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since = now
+            self.outages += 1
+            detail = str(failure).splitlines()[0] if str(failure) else ""
+            log.warning("the database is unavailable: writes wait for it",
+                        outage_timeout=self.outage_timeout, error=f"{type(failure).__name__}: {detail}")
+        return now - self._outage_since < self.outage_timeout
 
     def _retry_later(self, job: _Job) -> bool:
         """Queue `job` again after a pause if it lost a transient conflict and has attempts

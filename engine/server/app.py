@@ -64,6 +64,7 @@ class Server:
                 attempts=settings.database.conflict_retries,
                 backoff_seconds=settings.database.conflict_backoff_ms / 1000,
             ),
+            unavailable_timeout=settings.database.unavailable_timeout_seconds,
         )
         self._own_broker = broker is None
         self.broker: Broker = broker or from_url(settings.broker.url, connection_name="flowrelay-server")

@@ -33,6 +33,10 @@ wakes up late (its event loop stalled, the process was stopped, the machine froz
 that just started judge nobody for one timeout — heartbeats sent meanwhile are still queued for
 it, and the silence it would measure is its own.
 
+A database outage is waited out the same way: while the server's writes wait for the database
+(`EngineService.unavailable_for`), heartbeats are answered with a lease without being recorded,
+and nobody is judged until a timeout after the database is back.
+
 Silence counts only while this server could hear: a server whose broker connection is down, or
 came back less than a timeout ago (RabbitMQ restarted, connections closed), judges nobody — the
 workers were cut off with it, their heartbeats and final states are on their way, and reaping
@@ -110,13 +114,27 @@ class HeartbeatMonitor:
         attempts: dict[uuid.UUID, int] | None = None,
     ) -> dict[str, Any]:
         """Record the heartbeat; reply with the worker's lease and the runs it must stop
-        (`attempts`: the attempt of each run it is executing)."""
+        (`attempts`: the attempt of each run it is executing).
+
+        While the database is unavailable the heartbeat cannot be recorded, and nobody can be
+        judged either (this server judges nobody until a timeout after it is back): the lease is
+        granted all the same, so an outage is waited out, not turned into lost workers."""
+        if self._database_down():
+            return {"lease_seconds": lease_seconds(self.timeout), "revoked": []}
         await self.service.record_heartbeat(worker_id, pool, flow_run_ids, at=self.clock())
         revoked = await self.service.superseded_attempts(attempts) if attempts else []
         for run_id in revoked:
             log.warning("worker runs a superseded attempt: telling it to stop",
                         worker_id=worker_id, flow_run_id=str(run_id), attempt=(attempts or {})[run_id])
         return {"lease_seconds": lease_seconds(self.timeout), "revoked": [str(r) for r in revoked]}
+
+    def _database_down(self) -> bool:
+        """Whether the database is unavailable to this server's writes (an outage is silence
+        this server could not hear through: judge nobody until a timeout after it ends)."""
+        if getattr(self.service, "unavailable_for", None) is None:
+            return False
+        self.stalled(0.0, why="database unavailable")
+        return True
 
     async def _run(self) -> None:
         interval = max(0.2, min(self.timeout / 4, 5.0))
@@ -137,7 +155,7 @@ class HeartbeatMonitor:
 
     async def check(self) -> None:
         """Reap every worker no server has heard for the timeout (while this one could hear)."""
-        if self._judge_after is not None and self.clock() < self._judge_after:
+        if self._database_down() or (self._judge_after is not None and self.clock() < self._judge_after):
             self.stalled_checks += 1
             return
         heard_for = self.heard_for()
