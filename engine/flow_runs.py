@@ -146,6 +146,7 @@ def create(
     work_pool: str | None = None,
     expected_start_time: dt.datetime | None = None,
     caused_by: dict[str, Any] | None = None,
+    run_id: uuid.UUID | None = None,
 ) -> tuple[FlowRun, Handed] | None:
     """Create a run of `flow_name` (None: the deployment's flow) of `deployment` (its
     ``FLOW/NAME`` or id; None: no deployment). A due deployment run is dispatched with it. None,
@@ -154,6 +155,8 @@ def create(
         existing = runs.load_by_key(conn, idempotency_key)
         if existing is not None:
             return repo.flow_run(existing), []
+    if run_id is not None and (existing := runs.load(conn, run_id)) is not None:
+        return repo.flow_run(existing), []  # the same request, sent again
     dep: Any = None
     if isinstance(deployment, str):
         dep = runs.deployment_by_name(conn, *split_name(deployment))
@@ -167,7 +170,7 @@ def create(
         return None
     now = utcnow()
     run = runs.RunRecord(
-        id=uuid.uuid4(),
+        id=run_id or uuid.uuid4(),
         name=name or generate_name(),
         flow_id=flow_id,
         flow_name=run_flow,

@@ -44,8 +44,11 @@ class EngineAPI(Protocol):
         work_pool: str | None = None,
         expected_start_time: dt.datetime | None = None,
         caused_by: dict[str, Any] | None = None,
+        id: uuid.UUID | None = None,
     ) -> FlowRun:
-        """Create a flow run (initial state Pending unless `state` is given). With an
+        """Create a flow run (initial state Pending unless `state` is given). `id`: the run's id,
+        chosen by the caller so that a request sent again after a lost reply returns the run the
+        first one made. With an
         `idempotency_key` already used, return the existing run unchanged."""
         ...
 
@@ -125,8 +128,10 @@ class EngineAPI(Protocol):
         parent_task_run_id: uuid.UUID | None = None,
         parent_flow_run_id: uuid.UUID | None = None,
         caused_by: dict[str, Any] | None = None,
+        id: uuid.UUID | None = None,
     ) -> FlowRun:
-        """A run of the latest version of the deployment, dispatched to its pool when due."""
+        """A run of the latest version of the deployment, dispatched to its pool when due.
+        `id`: as for `create_flow_run`."""
         ...
 
     # Server-side (the scheduler's timer and the heartbeat monitor), not for flow code.

@@ -296,9 +296,11 @@ class EngineService:
         work_pool: str | None = None,
         expected_start_time: dt.datetime | None = None,
         caused_by: dict[str, Any] | None = None,
+        id: uuid.UUID | None = None,
     ) -> FlowRun:
         """Create a flow run (Pending unless `state` is given); with an `idempotency_key` already
-        used, return that run unchanged."""
+        used, or an `id` already used (a request sent again after its reply was lost), return
+        that run unchanged."""
         state = state or Pending()
         _raise_if_aborted(decide(None, state), f"new run of flow {flow_name!r}")
         self._check_parameters(parameters)
@@ -317,7 +319,7 @@ class EngineService:
             state=state, tags=tags,
             idempotency_key=idempotency_key, parent_task_run_id=parent_task_run_id,
             parent_flow_run_id=parent_flow_run_id, work_pool=work_pool,
-            expected_start_time=expected_start_time, caused_by=caused_by,
+            expected_start_time=expected_start_time, caused_by=caused_by, run_id=id,
         )
 
     async def _create_flow_run(
@@ -336,11 +338,17 @@ class EngineService:
         work_pool: str | None = None,
         expected_start_time: dt.datetime | None = None,
         caused_by: dict[str, Any] | None = None,
+        run_id: uuid.UUID | None = None,
     ) -> FlowRun:
         """Create a run of `flow_name` (None: the deployment's flow), of the deployment that
-        `find_deployment(session)` locks, if any, in one write transaction."""
+        `find_deployment(session)` locks, if any, in one write transaction. `run_id`: the id the
+        caller chose (a run with it already is that request's, sent again)."""
         if idempotency_key is not None:
             existing = await self._flow_run_by_key(idempotency_key)
+            if existing is not None:
+                return existing
+        if run_id is not None:
+            existing = await self._flow_run_by_id(run_id)
             if existing is not None:
                 return existing
 
@@ -352,6 +360,7 @@ class EngineService:
                 idempotency_key=idempotency_key, name=name, tags=tags,
                 parent_task_run_id=parent_task_run_id, parent_flow_run_id=parent_flow_run_id,
                 work_pool=work_pool, expected_start_time=expected_start_time, caused_by=caused_by,
+                run_id=run_id,
             )
             if fast is not None:
                 run, handed = fast
@@ -363,6 +372,8 @@ class EngineService:
                 )
                 if row is not None:
                     return repo.flow_run(row)
+            if run_id is not None and (row := await session.get(FlowRunRow, run_id)) is not None:
+                return repo.flow_run(row)
             deployment = await find_deployment(session)
             run_flow = flow_name or (deployment.flow_name if deployment else "")
             flow_id = await self._ensure_flow(session, run_flow)
@@ -374,7 +385,7 @@ class EngineService:
                     session, deployment, state, now
                 )
             row = FlowRunRow(
-                id=uuid.uuid4(),
+                id=run_id or uuid.uuid4(),
                 name=name or generate_name(),
                 flow_id=flow_id,
                 flow_name=run_flow,
@@ -412,9 +423,13 @@ class EngineService:
         try:
             return await self._transact(create)
         except IntegrityError:
-            if idempotency_key is None:
+            if idempotency_key is None and run_id is None:
                 raise
-            existing = await self._flow_run_by_key(idempotency_key)
+            existing = None
+            if idempotency_key is not None:
+                existing = await self._flow_run_by_key(idempotency_key)
+            if existing is None and run_id is not None:
+                existing = await self._flow_run_by_id(run_id)
             if existing is None:
                 raise
             return existing
@@ -578,10 +593,11 @@ class EngineService:
         parent_task_run_id: uuid.UUID | None = None,
         parent_flow_run_id: uuid.UUID | None = None,
         caused_by: dict[str, Any] | None = None,
+        id: uuid.UUID | None = None,
     ) -> FlowRun:
         """A run of the latest version of deployment ``FLOW/DEPLOYMENT``, Scheduled at
         `scheduled_time` (default now) and dispatched to its pool when due; the same
-        `idempotency_key` always returns the same run."""
+        `idempotency_key` (or `id`: see `create_flow_run`) always returns the same run."""
         state = Scheduled(scheduled_time=scheduled_time or utcnow())
         self._check_parameters(parameters)
 
@@ -592,7 +608,7 @@ class EngineService:
             None, find_deployment, parameters, deployment_key=name, name=flow_run_name,
             state=state, tags=tags,
             idempotency_key=idempotency_key, parent_task_run_id=parent_task_run_id,
-            parent_flow_run_id=parent_flow_run_id, caused_by=caused_by,
+            parent_flow_run_id=parent_flow_run_id, caused_by=caused_by, run_id=id,
         )
 
     async def dispatch_run(self, flow_run_id: uuid.UUID) -> bool:
@@ -945,6 +961,11 @@ class EngineService:
     async def _flow_run_by_key(self, key: str) -> FlowRun | None:
         async with self._read() as session:
             row = await session.scalar(select(FlowRunRow).where(FlowRunRow.idempotency_key == key))
+            return repo.flow_run(row) if row is not None else None
+
+    async def _flow_run_by_id(self, run_id: uuid.UUID) -> FlowRun | None:
+        async with self._read() as session:
+            row = await session.get(FlowRunRow, run_id)
             return repo.flow_run(row) if row is not None else None
 
     async def _task_run_by_id(self, task_run_id: uuid.UUID) -> TaskRun | None:

@@ -21,6 +21,7 @@ from typing import Any, ParamSpec, TypeVar
 from engine.errors import ObjectNotFound, RunCancelled, RunCrashed, RunFailed
 from engine.runtime import embedded
 from engine.runtime.context import FlowRunContext, current_flow_run, current_task_run
+from engine.runtime.delivery import delivered
 from engine.schemas import Event, FlowRun
 from engine.states import Completed, Pending, Running, State, StateDetails, StateType
 
@@ -151,11 +152,17 @@ async def _launch(
     ctx = mirror.ctx
     await mirror.create()
     key = idempotency_key or mirror.idempotency_key
-    run: FlowRun = await embedded.call(lambda api: api.create_deployment_run(
-        name, parameters or {}, idempotency_key=key, scheduled_time=scheduled_time,
-        flow_run_name=flow_run_name, tags=tags, parent_task_run_id=mirror.parent_task_run_id,
-        parent_flow_run_id=ctx.flow_run.id if ctx else None,
-    ))
+    # The request's identity: sent again after a lost reply (broker restarting, no reply in
+    # time), it returns the run the first one made instead of making a second.
+    run_id = uuid.uuid4()
+    run: FlowRun = await delivered(
+        lambda: embedded.call(lambda api: api.create_deployment_run(
+            name, parameters or {}, idempotency_key=key, scheduled_time=scheduled_time,
+            flow_run_name=flow_run_name, tags=tags, parent_task_run_id=mirror.parent_task_run_id,
+            parent_flow_run_id=ctx.flow_run.id if ctx else None, id=run_id,
+        )),
+        what=f"the creation of a run of deployment {name!r}",
+    )
     await mirror.set(Running(child_flow_run_id=run.id))
     return run
 

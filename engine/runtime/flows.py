@@ -26,19 +26,19 @@ import functools
 import inspect
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import structlog
 
 from engine.errors import (
-    EngineUnavailable,
     ParameterValidationError,
     ResultNotSerializable,
     ResultTooLarge,
 )
 from engine.runtime import embedded
 from engine.runtime.context import FlowRunContext, flow_run_ctx, task_run_ctx
+from engine.runtime.delivery import delivered
 from engine.runtime.futures import TaskFuture
 from engine.runtime.parameters import bind, call_arguments, to_json_parameters, validate
 from engine.runtime.results import to_storable
@@ -294,7 +294,7 @@ class FlowRunner:
             worker = embedded.worker_details()
             running = Running(**worker, flow_retries=flow.retries, retry_delay_seconds=flow.retry_delay_seconds) if worker else Running()
             running.details.attempt = self.fence
-            answer = await _delivered(
+            answer = await delivered(
                 lambda: embedded.call(lambda api: api.set_flow_run_state(flow_run.id, running)),  # noqa: B023 - awaited at once
                 what=f"the Running state of flow run {flow_run.name!r}",
             )
@@ -312,7 +312,7 @@ class FlowRunner:
                     retry_count=attempt,
                     attempt=self.fence,
                 )
-                await _delivered(
+                await delivered(
                     lambda: embedded.call(lambda api: api.set_flow_run_state(flow_run.id, retry)),  # noqa: B023
                     what=f"the AwaitingRetry state of flow run {flow_run.name!r}",
                 )
@@ -386,7 +386,7 @@ class FlowRunner:
         self._log(flow_run, f"Finished in state {state!r}")
         # The logs travel with the final state: one call, one transaction.
         logs, self.logs = self.logs, []
-        answer: OrchestrationResult = await _delivered(
+        answer: OrchestrationResult = await delivered(
             lambda: embedded.call(lambda api: api.set_flow_run_state(flow_run.id, state, logs=logs)),
             what=f"the final state {state.name} of flow run {flow_run.name!r}",
         )
@@ -412,29 +412,6 @@ class FlowRunner:
 
 async def _await(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return await fn(*args, **kwargs)
-
-
-async def _delivered(call: Callable[[], Awaitable[R]], *, what: str) -> R:
-    """`call()`, again while the engine cannot be reached (broker down or restarting, no reply
-    in time), for up to `runtime.report_timeout_seconds`: a flow run must not lose a state
-    change to a broker restart (and stay Running for good, or be taken for lost and run again).
-    Proposing the same state twice is harmless: a duplicate proposal is accepted as it is."""
-    from engine.broker.errors import BrokerUnavailable, PublishTimeout, RpcTimeout
-    from engine.settings import get_settings
-
-    deadline = asyncio.get_running_loop().time() + get_settings().runtime.report_timeout_seconds
-    pause = 0.2
-    while True:
-        try:
-            return await call()
-        except (BrokerUnavailable, PublishTimeout, RpcTimeout, ConnectionError, EngineUnavailable) as exc:
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                raise
-            log.warning("engine unreachable; reporting again", what=what, retry_in=pause,
-                        error=f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(min(pause, left))
-            pause = min(pause * 2, 5.0)
 
 
 async def _send_logs_while_running(ctx: FlowRunContext, stop: asyncio.Event) -> None:

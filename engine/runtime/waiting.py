@@ -7,6 +7,12 @@ binds first, then reads the run once (it may already be final), then takes its e
 The read is skipped when the waiter was bound to the flow before the run was created (the caller
 says when it started creating it): every event of the run then reached the waiter, and a final
 event that arrived before anyone waited for that run is kept for the wait that comes for it.
+
+A broker outage loses the events published while the waiter's queue was gone (it is temporary:
+the broker drops it with the connection; the robust connection declares and binds it again when
+it reconnects). So a wait that sees its broker connection come back (`Broker.connected_for`,
+checked locally every `RECHECK_SECONDS`: no I/O) reads the run once more: a run that finished
+meanwhile is returned at once, not at the wait's timeout.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ log = structlog.get_logger("flowrelay.wait")
 FINAL_TYPE_NAMES = {t.value for t in FINAL_TYPES}
 #: How many final events of runs nobody waits for (yet) a waiter keeps.
 KEEP_FINAL_EVENTS = 10_000
+#: How often a wait looks whether its broker connection was re-established (a local check).
+RECHECK_SECONDS = 0.5
 
 
 def _key_word(value: str) -> str:
@@ -131,11 +139,15 @@ class RunWaiter:
             if run.state is not None and run.state.is_final():
                 yield run
                 return
+            read = [time.monotonic()]
             async with asyncio.timeout(timeout):
                 while True:
-                    event = await queue.get()
-                    yield event
-                    if event.payload.get("type") in FINAL_TYPE_NAMES:
+                    item = await self._next(api, flow_run_id, queue, read)
+                    if isinstance(item, FlowRun):  # read after a reconnect: it is final
+                        yield item
+                        return
+                    yield item
+                    if item.payload.get("type") in FINAL_TYPE_NAMES:
                         yield await api.read_flow_run(flow_run_id)
                         return
         finally:
@@ -144,6 +156,32 @@ class RunWaiter:
                 listeners.discard(queue)
                 if not listeners:
                     del self._listeners[flow_run_id]
+
+    async def _next(
+        self, api: EngineAPI, flow_run_id: uuid.UUID, queue: asyncio.Queue[Event], read: list[float]
+    ) -> Event | FlowRun:
+        """The run's next event; or the run itself, final, read after the broker connection
+        came back (its final event may have been published while the queue was gone).
+        `read[0]`: when the wait last read the run (`time.monotonic()`), updated here."""
+        while True:
+            try:
+                return await asyncio.wait_for(queue.get(), RECHECK_SECONDS)
+            except TimeoutError:
+                pass
+            up = self.broker.connected_for()
+            if up <= 0 or time.monotonic() - up <= read[0]:
+                continue  # down, or no reconnect since the last read
+            read[0] = time.monotonic()
+            log.info("broker connection re-established: reading the awaited run again",
+                     flow_run_id=str(flow_run_id))
+            try:
+                run = await api.read_flow_run(flow_run_id)
+            except Exception as exc:  # noqa: BLE001 - the engine not back yet: look again later
+                log.debug("could not read the awaited run yet", error=f"{type(exc).__name__}: {exc}")
+                read[0] = 0.0
+                continue
+            if run.state is not None and run.state.is_final():
+                return run
 
     async def wait(
         self,
@@ -170,11 +208,14 @@ class RunWaiter:
                 run = await api.read_flow_run(flow_run_id)  # it may have finished before we bound
                 if run.state is not None and run.state.is_final():
                     return run
+            read = [time.monotonic()]
             try:
                 async with asyncio.timeout(timeout):
                     while True:
-                        event = await queue.get()
-                        if event.payload.get("type") in FINAL_TYPE_NAMES:
+                        item = await self._next(api, flow_run_id, queue, read)
+                        if isinstance(item, FlowRun):
+                            return item
+                        if item.payload.get("type") in FINAL_TYPE_NAMES:
                             return await api.read_flow_run(flow_run_id)
             except TimeoutError:
                 current = await api.read_flow_run(flow_run_id)

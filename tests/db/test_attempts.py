@@ -141,3 +141,25 @@ async def test_a_superseded_attempt_is_refused_and_writes_nothing(service: Engin
         assert answer.reason is not None and answer.reason.startswith("superseded: attempt 1")
     assert await service.read_flow_run_states(run.id) == states_before
     assert (await service.set_flow_run_state(run.id, Running(worker_id="w2", attempt=2))).accepted
+
+
+# --- every request has an identity ----------------------------------------------------------------
+async def test_a_create_sent_again_with_its_id_returns_the_first_run(service: EngineService) -> None:
+    """A create whose reply was lost (broker restarting, no reply in time) is sent again by its
+    caller with the same run id: it returns the run the first request made, never a second."""
+    import uuid
+
+    await service.register_deployment(
+        DeploymentSpec(name="nightly", flow_name="etl", entrypoint="flows/etl.py:etl", work_pool="p")
+    )
+    run_id = uuid.uuid4()
+
+    first = await service.create_deployment_run("etl/nightly", {"day": "mon"}, id=run_id)
+    again = await service.create_deployment_run("etl/nightly", {"day": "mon"}, id=run_id)
+    plain = await service.create_flow_run("local", id=(local_id := uuid.uuid4()))
+    plain_again = await service.create_flow_run("local", id=local_id)
+
+    assert first.id == again.id == run_id and again.created == first.created
+    assert plain.id == plain_again.id == local_id
+    runs = await service.read_flow_runs()
+    assert sorted(str(r.id) for r in runs) == sorted([str(run_id), str(local_id)])

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from engine.broker.errors import BrokerUnavailable, RpcError, RpcTimeout
-from engine.runtime.flows import _delivered
+from engine.runtime.delivery import delivered as _delivered
 from engine.settings import reset_settings
 
 

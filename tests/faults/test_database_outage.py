@@ -1,0 +1,101 @@
+"""PostgreSQL refuses connections for 10 s while chains flow (issue 11).
+
+The database stops accepting connections and its sessions are terminated (``ALTER DATABASE ...
+ALLOW_CONNECTIONS false`` + ``pg_terminate_backend``: what an operator, a failover or a restart
+does) while upstream runs are launched, claimed, run and chained to their downstream runs through
+an automation. An outage is a wait, not a verdict: the server's writes wait in order and run once
+the database is back, workers and flows propose again with backoff, heartbeats are answered with
+a lease and nobody is judged meanwhile. What must hold once it is back: lost 0, duplicate
+executions 0, stuck 0, nothing dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from tests.conftest import POSTGRES_URL
+from tests.faults.conftest import (
+    FINAL,
+    FLOWS,
+    FaultCluster,
+    check_chain,
+    fault_env,
+    setup_chain,
+    wait_until,
+)
+from tests.integration.conftest import _delete_topology
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres]
+
+CHAINS = 120
+OUTAGE = 10.0
+
+
+def admin(sql: str) -> None:
+    async def main() -> None:
+        conn = await asyncpg.connect(POSTGRES_URL.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+def pg_faults(amqp_url: str, postgres_db: str, tmp_path: Path) -> Iterator[FaultCluster]:
+    env = fault_env(amqp_url, tmp_path)
+    env["FLOWRELAY_DATABASE__URL"] = postgres_db
+    c = FaultCluster(env, tmp_path, flows=FLOWS)
+    try:
+        yield c
+    finally:
+        admin(f'ALTER DATABASE "{postgres_db.rsplit("/", 1)[1]}" ALLOW_CONNECTIONS true')
+        c.stop()
+        _delete_topology(amqp_url, env["FLOWRELAY_BROKER__PREFIX"], [c.pool, "default"])
+
+
+def test_postgres_refusing_connections_for_10_s_loses_and_repeats_nothing(pg_faults: FaultCluster) -> None:
+    c = pg_faults
+    dbname = c.env["FLOWRELAY_DATABASE__URL"].rsplit("/", 1)[1]
+    # Given a server on PostgreSQL, two workers and the up -> down chain, chains being launched
+    c.start_server()
+    setup_chain(c)
+    c.start_worker(concurrency=4, name="w1")
+    c.start_worker(concurrency=4, name="w2")
+    batches = [f"o{i:03d}" for i in range(CHAINS)]
+    launcher = c.launch("up/faults", batches, pace=0.05)
+    wait_until(lambda: len(c.executions("up")) >= 10, timeout=60, what="chains under way")
+
+    # When the database refuses connections for 10 s (its sessions terminated)
+    admin(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+    admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}'")
+    try:
+        time.sleep(OUTAGE)
+    finally:
+        admin(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+    assert launcher.wait(timeout=300) == 0, c.log_of("launcher")
+
+    # Then once it is back every chain completes once: nothing lost, stuck or run twice
+    def quiet() -> bool:
+        runs = c.runs()
+        downs = [r for r in runs.values() if r.flow == "down"]
+        return len(downs) >= CHAINS and all(r.state in FINAL for r in runs.values())
+
+    try:
+        wait_until(quiet, timeout=180, interval=1.0, what="all chains final")
+    finally:
+        counts = check_chain(c, batches)
+    assert counts == {"up": CHAINS, "up_completed": CHAINS, "down": CHAINS, "down_completed": CHAINS}
+    executions = Counter((e.kind, e.extra) for e in c.executions() if e.kind in ("up", "down"))
+    assert sorted(executions.values()) == [1] * (2 * CHAINS), [k for k, n in executions.items() if n > 1]
+    assert not [r for r in c.runs().values() if "Crashed" in r.state_names]
+    assert c.dead_letters() == []
+    assert "the database is unavailable: writes wait for it" in c.log_of("server-0")
