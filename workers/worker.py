@@ -105,6 +105,8 @@ class _Run:
     attempt: int | None = None
     #: why this worker stopped the run itself ("superseded", "lease"), if it did
     stopped: str | None = None
+    #: set once the claim is settled (the run executing, or given up)
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 async def declare_pool(
@@ -333,7 +335,13 @@ class Worker:
             return
         handed_over = reserved = False
         try:
-            if not await self._superseded_by(dispatch, log):
+            verdict = await self._superseded_by(dispatch, log)
+            if verdict == "later":
+                self.stats.requeued += 1
+                log.info("this worker's claim of the run is still in flight; requeueing")
+                await message.nack(requeue=True)
+                return
+            if verdict == "drop":
                 log.info("run already claimed by this worker; dropping the duplicate delivery")
                 await message.ack()
                 return
@@ -377,6 +385,8 @@ class Worker:
                 if reserved:
                     del self._runs[dispatch.flow_run_id]
                 await self._give_slot()
+            if reserved:
+                run.settled.set()
 
     async def _claim(self, flow_run_id: uuid.UUID, log: Any) -> OrchestrationResult:
         """Propose ``Pending(worker_id=W)``; after a transient failure (broker or database
@@ -403,23 +413,31 @@ class Worker:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
 
-    async def _superseded_by(self, dispatch: Dispatch, log: Any) -> bool:
-        """Whether `dispatch` is to be claimed: True unless this worker already runs the run
-        and the dispatch is a duplicate. A dispatch written after this worker's claim (its
+    async def _superseded_by(self, dispatch: Dispatch, log: Any) -> Literal["claim", "drop", "later"]:
+        """What to do with `dispatch`: claim it, unless this worker already runs the run and the
+        dispatch is a duplicate ("drop"). A dispatch written after this worker's claim (its
         ``attempts`` count includes our attempt) means the engine ended our attempt and handed
-        the run out again: our execution is stopped first, then the run claimed anew."""
+        the run out again: our execution is stopped first, then the run claimed anew. While our
+        own claim of the run is in flight, that is decided once it is settled ("later" if it
+        takes longer than a claim may)."""
         run = self._runs.get(dispatch.flow_run_id)
+        if run is not None and run.task is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run.settled.wait(), self.claim_timeout)
+            if not run.settled.is_set():
+                return "later"
+            run = self._runs.get(dispatch.flow_run_id)
         if run is None:
-            return True
+            return "claim"
         if dispatch.attempts is None or run.attempt is None or dispatch.attempts < run.attempt:
-            return False
+            return "drop"
         log.warning("a newer dispatch of a run this worker executes: its attempt is over; "
                     "stopping it", attempt=run.attempt, dispatch_attempts=dispatch.attempts)
         self._stop_run(run, "superseded")
         task = run.task
         if task is not None:
             await asyncio.wait([task], timeout=self.claim_timeout)
-        return dispatch.flow_run_id not in self._runs
+        return "later" if dispatch.flow_run_id in self._runs else "claim"
 
     async def _wait_for_lease(self) -> bool:
         """Wait (up to `claim_timeout`) until this worker holds a valid lease."""

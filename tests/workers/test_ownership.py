@@ -155,3 +155,40 @@ async def _attempt_running(service, run_id, attempt: int) -> bool:
 
 async def _requeued(worker) -> bool:
     return worker.stats.requeued > 0
+
+
+async def test_a_dispatch_arriving_during_this_workers_claim_is_decided_once_it_settles(
+    flows, service, dispatch, broker, make_worker
+):
+    """Regression (issue 11, a run stranded at Scheduled -> Pending -> Scheduled on a loaded
+    machine): the claim committed but its answer was slow; meanwhile the engine handed the run
+    out again, and its new dispatch reached this same worker, which dropped it as "already
+    claimed by this worker". Nobody ever ran it."""
+
+    answer_now = asyncio.Event()
+
+    class SlowClaim(Engine):
+        async def set_flow_run_state(self, flow_run_id, state, **options):
+            answer = await self.service.set_flow_run_state(flow_run_id, state, **options)
+            if state.is_pending() and answer.state.details.attempt == 1:
+                await answer_now.wait()  # committed; the answer is late
+            return answer
+
+    engine = SlowClaim(service)
+    worker = make_worker("inline", api=engine, heartbeat_interval=0.1, concurrency=2)
+    run_id = await dispatch(f"{flows}:append", tag="once")
+    await worker.start()
+    await until(lambda: _is(service, run_id, "Pending"))
+
+    # When the engine hands the run out again while the worker's claim answer is on its way
+    await service.set_flow_run_state(run_id, Scheduled(message="claim presumed lost"), force=True)
+    await broker.publish(Names().events, f"dispatch.{POOL}",
+                         encode_dispatch(run_id, f"{flows}:append", work_pool=POOL, attempts=1))
+    await asyncio.sleep(0.5)  # the new dispatch is waiting for the claim to settle
+    answer_now.set()
+
+    # Then the run is claimed again and completes in attempt 2
+    await until(lambda: _is(service, run_id, "Completed"))
+    run = await service.read_flow_run(run_id)
+    assert run.attempts == 2 and run.state.details.attempt == 2
+    assert [s.name for s in await service.read_flow_run_states(run_id)].count("Completed") == 1
