@@ -31,6 +31,8 @@ class Dispatch:
     work_pool: str | None = None
     #: Claims made of the run before this dispatch was written (None: not said).
     attempts: int | None = None
+    #: The attempt the run's state belonged to when it was dispatched (None: none, or ended).
+    attempt: int | None = None
 
 
 def parse_dispatch(body: bytes) -> Dispatch:
@@ -65,6 +67,7 @@ def parse_dispatch(body: bytes) -> Dispatch:
         deployment=_optional_str(payload, "deployment"),
         work_pool=_optional_str(payload, "work_pool"),
         attempts=_optional_count(payload, "attempts"),
+        attempt=_optional_count(payload, "attempt"),
     )
 
 
@@ -89,6 +92,7 @@ def encode_dispatch(
     work_pool: str,
     deployment: str | None = None,
     attempts: int | None = None,
+    attempt: int | None = None,
 ) -> bytes:
     """A dispatch body as the engine writes it (for tests, tools and hand-replays)."""
     return json.dumps(
@@ -102,6 +106,7 @@ def encode_dispatch(
                 "entrypoint": entrypoint,
                 "work_pool": work_pool,
                 **({"attempts": attempts} if attempts is not None else {}),
+                **({"attempt": attempt} if attempt is not None else {}),
             },
         }
     ).encode()

@@ -198,6 +198,8 @@ class Worker:
         self._heartbeat: asyncio.Task[None] | None = None
         self._children: ChildPool | None = None
         self._flows: dict[str, Any] = {}
+        #: entrypoints being imported (inline mode), each by one thread, awaited by every run
+        self._loading: dict[str, asyncio.Future[Any]] = {}
         self._started = False
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -430,7 +432,9 @@ class Worker:
         if run is None:
             return "claim"
         if dispatch.attempts is None or run.attempt is None or dispatch.attempts < run.attempt:
-            return "drop"
+            return "drop"  # written before our claim: a redelivery
+        if dispatch.attempt == run.attempt:
+            return "drop"  # written while our attempt goes on (its in-process retry): ours to run
         log.warning("a newer dispatch of a run this worker executes: its attempt is over; "
                     "stopping it", attempt=run.attempt, dispatch_attempts=dispatch.attempts)
         self._stop_run(run, "superseded")
@@ -535,7 +539,16 @@ class Worker:
         try:
             flow = self._flows.get(entrypoint)
             if flow is None:
-                flow = self._flows[entrypoint] = await asyncio.to_thread(load_flow, entrypoint)
+                # One load per entrypoint, shared: two runs importing one module at once in two
+                # threads would see it half-imported ("has no attribute"). Shielded: a run
+                # cancelled while waiting does not cancel the others' load.
+                loading = self._loading.get(entrypoint)
+                if loading is None:
+                    loading = self._loading[entrypoint] = asyncio.ensure_future(
+                        asyncio.to_thread(load_flow, entrypoint)
+                    )
+                    loading.add_done_callback(lambda _: self._loading.pop(entrypoint, None))
+                flow = self._flows[entrypoint] = await asyncio.shield(loading)
             flow_run = run.flow_run or await self.api.read_flow_run(run.dispatch.flow_run_id)
         except Exception as exc:  # noqa: BLE001 - EntrypointError, or the engine unreachable
             self.stats.final_states["Failed"] += 1

@@ -116,9 +116,11 @@ def dispatch_values(row: Any, dep: Any, now: dt.datetime) -> tuple[Event, dict[s
             "entrypoint": dep.entrypoint,
             "work_pool": row.work_pool,
             "parameters": row.parameters or {},
-            # Claims made before this dispatch: a worker still running attempt <= this number
-            # learns from it that its attempt is over (`workers.worker`).
+            # Claims made before this dispatch, and the attempt the run's state still belongs to
+            # (an in-process retry's AwaitingRetry; None once the engine ended it): a worker
+            # still running an attempt learns from them whether it is over (`workers.worker`).
             "attempts": row.attempts or 0,
+            "attempt": (row.state_details or {}).get("attempt"),
         },
     )
     values = repo.event_values(event)

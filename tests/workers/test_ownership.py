@@ -188,7 +188,31 @@ async def test_a_dispatch_arriving_during_this_workers_claim_is_decided_once_it_
     answer_now.set()
 
     # Then the run is claimed again and completes in attempt 2
-    await until(lambda: _is(service, run_id, "Completed"))
+    await until(lambda: _final(service, run_id))
+    history = [(s.name, s.message, s.details.attempt) for s in await service.read_flow_run_states(run_id)]
+    assert await state_of(service, run_id) == "Completed", history
     run = await service.read_flow_run(run_id)
     assert run.attempts == 2 and run.state.details.attempt == 2
     assert [s.name for s in await service.read_flow_run_states(run_id)].count("Completed") == 1
+
+
+async def test_the_dispatch_of_an_in_process_retry_does_not_stop_it(
+    flows, service, dispatch, broker, make_worker
+):
+    """Regression: a flow retrying in-process goes AwaitingRetry (its attempt goes on), which
+    the engine also sends to the pool. Reaching the worker running that retry, it must not be
+    taken for the end of the attempt (the run was stopped, then Crashed as orphaned)."""
+    engine = Engine(service)
+    worker = make_worker("inline", api=engine, heartbeat_interval=0.1, concurrency=2)
+    run_id = await dispatch(f"{flows}:async_nap", seconds=60)
+    await worker.start()
+    await until(lambda: _is(service, run_id, "Running"))
+
+    # When the dispatch written during the attempt's own retry arrives (attempt 1 still open)
+    await broker.publish(Names().events, f"dispatch.{POOL}", encode_dispatch(
+        run_id, f"{flows}:async_nap", work_pool=POOL, attempts=1, attempt=1))
+    await asyncio.sleep(1.0)
+
+    # Then it is dropped: attempt 1 goes on
+    assert worker.stats.stopped_superseded == 0 and worker.stats.claimed == 1
+    assert await state_of(service, run_id) == "Running"
