@@ -9,15 +9,18 @@ says when it started creating it): every event of the run then reached the waite
 event that arrived before anyone waited for that run is kept for the wait that comes for it.
 
 A broker outage loses the events published while the waiter's queue was gone (it is temporary:
-the broker drops it with the connection; the robust connection declares and binds it again when
-it reconnects). So a wait that sees its broker connection come back (`Broker.connected_for`,
-checked locally every `RECHECK_SECONDS`: no I/O) reads the run once more: a run that finished
-meanwhile is returned at once, not at the wait's timeout.
+the broker drops it with the connection). So a wait that sees its broker connection come back
+(`Broker.connected_for`, checked locally every `RECHECK_SECONDS`: no I/O) has the waiter declare
+a fresh queue with all its bindings and consumer (once per reconnect, for every wait; not left to
+the client library's restore, whose timing and completeness we cannot see), then reads the run:
+an event published after the new bindings reaches the wait, a run that finished before them is
+seen by the read. A run that finished meanwhile is returned at once, not at the wait's timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import collections
 import json
 import time
@@ -61,6 +64,8 @@ class RunWaiter:
         self._queue: str | None = None
         self._consumer: Any = None
         self._lock = asyncio.Lock()
+        #: `time.monotonic()` when the queue was last (re)declared
+        self._declared_at = 0.0
 
     async def close(self) -> None:
         if self._consumer is not None:
@@ -80,15 +85,42 @@ class RunWaiter:
             return bound_at
         async with self._lock:
             if self._queue is None:
-                spec = QueueSpec.temporary(prefix=f"{self.names.prefix}.wait")
-                self._queue = await self.broker.declare_queue(spec)
-                self._consumer = await self.broker.consume(
-                    self._queue, self._on_message, prefetch=512, auto_ack=True
-                )
+                await self._declare()
             if flow_name not in self._bound:
+                assert self._queue is not None
                 await self.broker.bind(self._queue, self.names.events, f"flow-run.{_key_word(flow_name)}.*")
                 self._bound[flow_name] = time.monotonic()
             return self._bound[flow_name]
+
+    async def _declare(self) -> None:
+        """A new temporary queue and its consumer, bound to every flow bound so far. Hold the
+        lock."""
+        spec = QueueSpec.temporary(prefix=f"{self.names.prefix}.wait")
+        self._declared_at = time.monotonic()
+        self._queue = await self.broker.declare_queue(spec)
+        self._consumer = await self.broker.consume(
+            self._queue, self._on_message, prefetch=512, auto_ack=True
+        )
+        for flow_name in self._bound:
+            await self.broker.bind(self._queue, self.names.events, f"flow-run.{_key_word(flow_name)}.*")
+            self._bound[flow_name] = self._declared_at  # events before it may be lost: read
+
+    async def _redeclare_after(self, reconnected_at: float) -> None:
+        """After a reconnect at `reconnected_at`: declare the queue afresh, once."""
+        async with self._lock:
+            if self._declared_at >= reconnected_at:
+                return  # another wait did it
+            old_consumer, old_queue = self._consumer, self._queue
+            self._consumer = self._queue = None
+            if old_consumer is not None:
+                with contextlib.suppress(Exception):
+                    await old_consumer.cancel(grace=0.5)
+            if old_queue is not None:
+                with contextlib.suppress(Exception):
+                    await self.broker.delete_queue(old_queue)
+            await self._declare()
+            log.info("broker connection re-established: waiting on a fresh queue",
+                     flows=len(self._bound))
 
     async def _on_message(self, message: IncomingMessage) -> None:
         await message.ack()
@@ -171,10 +203,12 @@ class RunWaiter:
             up = self.broker.connected_for()
             if up <= 0 or time.monotonic() - up <= read[0]:
                 continue  # down, or no reconnect since the last read
+            reconnected_at = time.monotonic() - up
             read[0] = time.monotonic()
             log.info("broker connection re-established: reading the awaited run again",
                      flow_run_id=str(flow_run_id))
             try:
+                await self._redeclare_after(reconnected_at)
                 run = await api.read_flow_run(flow_run_id)
             except Exception as exc:  # noqa: BLE001 - the engine not back yet: look again later
                 log.debug("could not read the awaited run yet", error=f"{type(exc).__name__}: {exc}")
