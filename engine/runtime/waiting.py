@@ -20,8 +20,8 @@ seen by the read. A run that finished meanwhile is returned at once, not at the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import collections
+import contextlib
 import json
 import time
 import uuid
