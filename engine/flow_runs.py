@@ -155,8 +155,6 @@ def create(
         existing = runs.load_by_key(conn, idempotency_key)
         if existing is not None:
             return repo.flow_run(existing), []
-    if run_id is not None and (existing := runs.load(conn, run_id)) is not None:
-        return repo.flow_run(existing), []  # the same request, sent again
     dep: Any = None
     if isinstance(deployment, str):
         dep = runs.deployment_by_name(conn, *split_name(deployment))

@@ -342,13 +342,10 @@ class EngineService:
     ) -> FlowRun:
         """Create a run of `flow_name` (None: the deployment's flow), of the deployment that
         `find_deployment(session)` locks, if any, in one write transaction. `run_id`: the id the
-        caller chose (a run with it already is that request's, sent again)."""
+        caller chose; a run with it already is that request's, sent again (its insert fails on
+        the primary key and the run is read back: the first request pays nothing for it)."""
         if idempotency_key is not None:
             existing = await self._flow_run_by_key(idempotency_key)
-            if existing is not None:
-                return existing
-        if run_id is not None:
-            existing = await self._flow_run_by_id(run_id)
             if existing is not None:
                 return existing
 
@@ -372,8 +369,6 @@ class EngineService:
                 )
                 if row is not None:
                     return repo.flow_run(row)
-            if run_id is not None and (row := await session.get(FlowRunRow, run_id)) is not None:
-                return repo.flow_run(row)
             deployment = await find_deployment(session)
             run_flow = flow_name or (deployment.flow_name if deployment else "")
             flow_id = await self._ensure_flow(session, run_flow)

@@ -30,14 +30,17 @@ TRANSIENT = (BrokerUnavailable, PublishTimeout, RpcTimeout, ConnectionError, Eng
 async def delivered(call: Callable[[], Awaitable[R]], *, what: str) -> R:
     """`call()`, again while the engine cannot be reached or cannot act, for up to
     `runtime.report_timeout_seconds`; then its last error."""
-    from engine.settings import get_settings
-
-    deadline = asyncio.get_running_loop().time() + get_settings().runtime.report_timeout_seconds
+    deadline: float | None = None  # read on the first failure: the happy path pays nothing
     pause = 0.2
     while True:
         try:
             return await call()
         except TRANSIENT as exc:
+            if deadline is None:
+                from engine.settings import get_settings
+
+                timeout = get_settings().runtime.report_timeout_seconds
+                deadline = asyncio.get_running_loop().time() + timeout
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 raise

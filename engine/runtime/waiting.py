@@ -9,12 +9,13 @@ says when it started creating it): every event of the run then reached the waite
 event that arrived before anyone waited for that run is kept for the wait that comes for it.
 
 A broker outage loses the events published while the waiter's queue was gone (it is temporary:
-the broker drops it with the connection). So a wait that sees its broker connection come back
-(`Broker.connected_for`, checked locally every `RECHECK_SECONDS`: no I/O) has the waiter declare
-a fresh queue with all its bindings and consumer (once per reconnect, for every wait; not left to
-the client library's restore, whose timing and completeness we cannot see), then reads the run:
-an event published after the new bindings reaches the wait, a run that finished before them is
-seen by the read. A run that finished meanwhile is returned at once, not at the wait's timeout.
+the broker drops it with the connection). So the waiter watches its broker connection (one task,
+`Broker.connected_for` every `RECHECK_SECONDS`: a local check, no I/O); when it comes back, the
+waiter declares a fresh queue with all its bindings and consumer (not left to the client
+library's restore, whose timing and completeness it cannot see), then tells every wait, which
+reads its run: an event published after the new bindings reaches the wait, a run that finished
+before them is seen by the read. A run that finished meanwhile is returned at once, not at the
+wait's timeout.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ log = structlog.get_logger("flowrelay.wait")
 FINAL_TYPE_NAMES = {t.value for t in FINAL_TYPES}
 #: How many final events of runs nobody waits for (yet) a waiter keeps.
 KEEP_FINAL_EVENTS = 10_000
-#: How often a wait looks whether its broker connection was re-established (a local check).
+#: How often the waiter looks whether its broker connection was re-established (a local check).
 RECHECK_SECONDS = 0.5
+#: Put in every wait's queue once the waiter listens again after a reconnect: read the run.
+RECONNECTED = Event(event="flowrelay.waiter.reconnected", resource={"id": "waiter"})
 
 
 def _key_word(value: str) -> str:
@@ -66,8 +69,14 @@ class RunWaiter:
         self._lock = asyncio.Lock()
         #: `time.monotonic()` when the queue was last (re)declared
         self._declared_at = 0.0
+        self._watcher: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         if self._consumer is not None:
             await self._consumer.cancel(grace=1.0)
             self._consumer = None
@@ -104,12 +113,30 @@ class RunWaiter:
         for flow_name in self._bound:
             await self.broker.bind(self._queue, self.names.events, f"flow-run.{_key_word(flow_name)}.*")
             self._bound[flow_name] = self._declared_at  # events before it may be lost: read
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(
+                self._watch(), name="flowrelay-waiter-reconnects"
+            )
 
-    async def _redeclare_after(self, reconnected_at: float) -> None:
-        """After a reconnect at `reconnected_at`: declare the queue afresh, once."""
+    async def _watch(self) -> None:
+        """Once the broker connection is re-established: a fresh queue, then every wait reads."""
+        while True:
+            await asyncio.sleep(RECHECK_SECONDS)
+            up = self.broker.connected_for()
+            if up <= 0 or time.monotonic() - up <= self._declared_at:
+                continue  # down, or no reconnect since the queue was declared
+            try:
+                await self._redeclare()
+            except Exception as exc:  # noqa: BLE001 - the broker not quite back: next round
+                log.info("could not listen again yet", error=f"{type(exc).__name__}: {exc}")
+                continue
+            for queues in self._listeners.values():
+                for queue in queues:
+                    queue.put_nowait(RECONNECTED)
+
+    async def _redeclare(self) -> None:
+        """Declare the queue afresh (after a reconnect)."""
         async with self._lock:
-            if self._declared_at >= reconnected_at:
-                return  # another wait did it
             old_consumer, old_queue = self._consumer, self._queue
             self._consumer = self._queue = None
             if old_consumer is not None:
@@ -118,7 +145,12 @@ class RunWaiter:
             if old_queue is not None:
                 with contextlib.suppress(Exception):
                     await self.broker.delete_queue(old_queue)
-            await self._declare()
+            declared_at = self._declared_at
+            try:
+                await self._declare()
+            except BaseException:
+                self._declared_at = declared_at  # try again at the next round
+                raise
             log.info("broker connection re-established: waiting on a fresh queue",
                      flows=len(self._bound))
 
@@ -171,10 +203,9 @@ class RunWaiter:
             if run.state is not None and run.state.is_final():
                 yield run
                 return
-            read = [time.monotonic()]
             async with asyncio.timeout(timeout):
                 while True:
-                    item = await self._next(api, flow_run_id, queue, read)
+                    item = await self._next(api, flow_run_id, queue)
                     if isinstance(item, FlowRun):  # read after a reconnect: it is final
                         yield item
                         return
@@ -190,30 +221,21 @@ class RunWaiter:
                     del self._listeners[flow_run_id]
 
     async def _next(
-        self, api: EngineAPI, flow_run_id: uuid.UUID, queue: asyncio.Queue[Event], read: list[float]
+        self, api: EngineAPI, flow_run_id: uuid.UUID, queue: asyncio.Queue[Event]
     ) -> Event | FlowRun:
-        """The run's next event; or the run itself, final, read after the broker connection
-        came back (its final event may have been published while the queue was gone).
-        `read[0]`: when the wait last read the run (`time.monotonic()`), updated here."""
+        """The run's next event; or the run itself, final, read once the waiter listens again
+        after a reconnect (its final event may have been published while the queue was gone)."""
         while True:
-            try:
-                return await asyncio.wait_for(queue.get(), RECHECK_SECONDS)
-            except TimeoutError:
-                pass
-            up = self.broker.connected_for()
-            if up <= 0 or time.monotonic() - up <= read[0]:
-                continue  # down, or no reconnect since the last read
-            reconnected_at = time.monotonic() - up
-            read[0] = time.monotonic()
-            log.info("broker connection re-established: reading the awaited run again",
-                     flow_run_id=str(flow_run_id))
-            try:
-                await self._redeclare_after(reconnected_at)
-                run = await api.read_flow_run(flow_run_id)
-            except Exception as exc:  # noqa: BLE001 - the engine not back yet: look again later
-                log.debug("could not read the awaited run yet", error=f"{type(exc).__name__}: {exc}")
-                read[0] = 0.0
-                continue
+            event = await queue.get()
+            if event is not RECONNECTED:
+                return event
+            while True:
+                try:
+                    run = await api.read_flow_run(flow_run_id)
+                    break
+                except Exception as exc:  # noqa: BLE001 - the engine not back yet: read again
+                    log.debug("could not read the awaited run yet", error=f"{type(exc).__name__}: {exc}")
+                    await asyncio.sleep(1.0)
             if run.state is not None and run.state.is_final():
                 return run
 
@@ -242,11 +264,10 @@ class RunWaiter:
                 run = await api.read_flow_run(flow_run_id)  # it may have finished before we bound
                 if run.state is not None and run.state.is_final():
                     return run
-            read = [time.monotonic()]
             try:
                 async with asyncio.timeout(timeout):
                     while True:
-                        item = await self._next(api, flow_run_id, queue, read)
+                        item = await self._next(api, flow_run_id, queue)
                         if isinstance(item, FlowRun):
                             return item
                         if item.payload.get("type") in FINAL_TYPE_NAMES:
