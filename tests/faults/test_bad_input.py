@@ -350,3 +350,21 @@ def test_deeply_nested_json_is_a_bad_request_not_a_crash(body: bytes) -> None:
         parse_request(body)
     with pytest.raises(BadDispatch, match="nested too deeply"):
         parse_dispatch(body)
+
+
+@pytest.mark.parametrize(("payload", "expected"), [
+    ({"attempts": "two"}, "'attempts' must be a count (an integer >= 0), got 'two'"),
+    ({"attempts": -1}, "'attempts' must be a count (an integer >= 0), got -1"),
+    ({"attempt": True}, "'attempt' must be a count (an integer >= 0), got True"),
+])
+def test_a_dispatch_with_a_bad_attempt_count_says_what_is_wrong(payload: dict, expected: str) -> None:
+    import json
+    import uuid
+
+    from workers.dispatch import parse_dispatch
+    from workers.errors import BadDispatch
+
+    body = {"payload": {"flow_run_id": str(uuid.uuid4()), "entrypoint": "flows.py:etl", **payload}}
+    with pytest.raises(BadDispatch) as error:
+        parse_dispatch(json.dumps(body).encode())
+    assert expected in str(error.value)

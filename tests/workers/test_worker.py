@@ -87,15 +87,17 @@ async def test_bad_dispatch_messages_are_dead_lettered_and_the_worker_keeps_serv
     await worker.start()
     names = Names()
     for body in (b"not json", b"[]", b'{"payload": {"flow_run_id": "x", "entrypoint": "a:b"}}',
-                 b'{"payload": {"flow_run_id": "%s"}}' % str(uuid.uuid4()).encode()):
+                 b'{"payload": {"flow_run_id": "%s"}}' % str(uuid.uuid4()).encode(),
+                 b'{"payload": {"flow_run_id": "%s", "entrypoint": "a:b", "attempts": "two"}}'
+                 % str(uuid.uuid4()).encode()):
         await broker.publish(names.events, f"dispatch.{POOL}", body)
     unknown = await dispatch(f"{flows}:append", run_id=uuid.uuid4())  # no such run
     good = await dispatch(f"{flows}:append", tag="after")
 
     stats = await worker.run_until_idle(timeout=30)
 
-    assert stats.dead_lettered == 5
-    assert await broker.purge(names.dead) == 5
+    assert stats.dead_lettered == 6
+    assert await broker.purge(names.dead) == 6
     assert unknown != good
     assert (await service.read_flow_run(good)).state.name == "Completed"
 
