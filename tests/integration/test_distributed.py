@@ -86,8 +86,15 @@ def test_future_start(cluster: Cluster) -> None:
 def test_concurrency_limit_runs_in_order(cluster: Cluster) -> None:
     cluster.start_server()
     cluster.start_worker(concurrency=4)
-    name = cluster.deploy("sleepy", None, "--concurrency-limit", "1", "--param", "seconds=0.4")
-    ids = [cluster.cli_json("deployment", "run", f"sleepy/{name}")["id"] for _ in range(3)]
+    name = cluster.deploy("sleepy", None, "--concurrency-limit", "1", "--param", "seconds=1.0")
+    # Created back to back by one process (three CLI processes in a row, on a loaded machine,
+    # could take longer than a run: the third then never waited for a slot)
+    made = cluster.python(
+        "import json; from engine import create_flow_run; "
+        f"print(json.dumps([str(create_flow_run('sleepy/{name}')) for _ in range(3)]))"
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    ids = json.loads(made.stdout.strip().splitlines()[-1])
     wait_until(lambda: len(cluster.records("sleepy-end")) == 3, timeout=30)
     rows = cluster.records()
     events = [r[0] for r in rows if r[0].startswith("sleepy")]
