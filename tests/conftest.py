@@ -90,29 +90,42 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+async def postgres_admin(sql: str) -> None:
+    """Run one statement on the test PostgreSQL server, outside any test database."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(POSTGRES_URL.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def refuse_connections(dbname: str) -> None:
+    """Make database `dbname` refuse new connections and end its sessions (what an operator,
+    a failover or a restart does); `allow_connections` undoes it."""
+    await postgres_admin(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+    await postgres_admin(
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}'"
+    )
+
+
+async def allow_connections(dbname: str) -> None:
+    await postgres_admin(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+
+
 @contextlib.contextmanager
 def fresh_postgres_database(prefix: str = "flowrelay_test") -> Iterator[str]:
     """Create a uniquely named database on the test PostgreSQL server, yield its SQLAlchemy URL,
     drop it afterwards (with any connections still open)."""
     import asyncio
 
-    import asyncpg  # type: ignore[import-untyped]
-
     dbname = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    plain = POSTGRES_URL.replace("postgresql+asyncpg", "postgresql")
-
-    async def _admin(sql: str) -> None:
-        conn = await asyncpg.connect(plain)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(_admin(f'CREATE DATABASE "{dbname}"'))
+    asyncio.run(postgres_admin(f'CREATE DATABASE "{dbname}"'))
     try:
         yield f"{POSTGRES_URL.rsplit('/', 1)[0]}/{dbname}"
     finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+        asyncio.run(postgres_admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
 
 
 @pytest.fixture

@@ -14,30 +14,18 @@ import threading
 import time
 from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from engine.db.group_commit import is_unavailable
 from engine.service import EngineService
 from engine.states import Completed, Running
-from tests.conftest import POSTGRES_URL, fresh_postgres_database, require_service
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(POSTGRES_URL.replace("postgresql+asyncpg", "postgresql"))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-async def refuse_connections(dbname: str) -> None:
-    await _admin(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
-    await _admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}'")
-
-
-async def allow_connections(dbname: str) -> None:
-    await _admin(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+from tests.conftest import (
+    POSTGRES_URL,
+    allow_connections,
+    fresh_postgres_database,
+    refuse_connections,
+    require_service,
+)
 
 
 @pytest.fixture

@@ -205,19 +205,38 @@ def faults(amqp_url: str, tmp_path: Path) -> Iterator[FaultCluster]:
         _delete_topology(amqp_url, c.env["FLOWRELAY_BROKER__PREFIX"], [c.pool, "default"])
 
 
-CHAIN_RULES = """
+@pytest.fixture
+def pg_faults(amqp_url: str, postgres_db: str, tmp_path: Path) -> Iterator[FaultCluster]:
+    """A fault cluster on a fresh PostgreSQL database (several servers may share it)."""
+    env = fault_env(amqp_url, tmp_path)
+    env["FLOWRELAY_DATABASE__URL"] = postgres_db
+    c = FaultCluster(env, tmp_path, flows=FLOWS)
+    try:
+        yield c
+    finally:
+        c.stop()
+        _delete_topology(amqp_url, env["FLOWRELAY_BROKER__PREFIX"], [c.pool, "default"])
+
+
+def chain_rules(upstream: str = "up", name: str = "chain") -> str:
+    """An automation `name`: each Completed run of flow `upstream` launches `down/faults` with
+    the batch id of its result."""
+    return f"""
     automations:
-      - name: chain
+      - name: {name}
         trigger:
           type: flow-run-state-change
-          match: {flow: up}
+          match: {{flow: {upstream}}}
           expect: [Completed]
         actions:
           - type: run-deployment
             deployment: down/faults
             parameters:
-              upstream_batch_id: "{{ event.payload.result.batch_id }}"
+              upstream_batch_id: "{{{{ event.payload.result.batch_id }}}}"
 """
+
+
+CHAIN_RULES = chain_rules()
 
 
 def setup_chain(c: FaultCluster) -> None:

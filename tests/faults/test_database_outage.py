@@ -14,52 +14,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from tests.conftest import POSTGRES_URL
+from tests.conftest import allow_connections, refuse_connections
 from tests.faults.conftest import (
     FINAL,
-    FLOWS,
     FaultCluster,
     check_chain,
-    fault_env,
     setup_chain,
     wait_until,
 )
-from tests.integration.conftest import _delete_topology
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres]
 
 CHAINS = 120
 OUTAGE = 10.0
-
-
-def admin(sql: str) -> None:
-    async def main() -> None:
-        conn = await asyncpg.connect(POSTGRES_URL.replace("postgresql+asyncpg", "postgresql"))
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(main())
-
-
-@pytest.fixture
-def pg_faults(amqp_url: str, postgres_db: str, tmp_path: Path) -> Iterator[FaultCluster]:
-    env = fault_env(amqp_url, tmp_path)
-    env["FLOWRELAY_DATABASE__URL"] = postgres_db
-    c = FaultCluster(env, tmp_path, flows=FLOWS)
-    try:
-        yield c
-    finally:
-        admin(f'ALTER DATABASE "{postgres_db.rsplit("/", 1)[1]}" ALLOW_CONNECTIONS true')
-        c.stop()
-        _delete_topology(amqp_url, env["FLOWRELAY_BROKER__PREFIX"], [c.pool, "default"])
 
 
 def test_postgres_refusing_connections_for_10_s_loses_and_repeats_nothing(pg_faults: FaultCluster) -> None:
@@ -75,12 +45,11 @@ def test_postgres_refusing_connections_for_10_s_loses_and_repeats_nothing(pg_fau
     wait_until(lambda: len(c.executions("up")) >= 10, timeout=60, what="chains under way")
 
     # When the database refuses connections for 10 s (its sessions terminated)
-    admin(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
-    admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}'")
+    asyncio.run(refuse_connections(dbname))
     try:
         time.sleep(OUTAGE)
     finally:
-        admin(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+        asyncio.run(allow_connections(dbname))
     assert launcher.wait(timeout=300) == 0, c.log_of("launcher")
 
     # Then once it is back every chain completes once: nothing lost, stuck or run twice

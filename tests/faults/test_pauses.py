@@ -23,26 +23,13 @@ from collections import defaultdict
 
 import pytest
 
-from tests.faults.conftest import FaultCluster, Run, wait_until
+from tests.faults.conftest import FaultCluster, Run, chain_rules, wait_until
 
 pytestmark = pytest.mark.rabbitmq
 
 #: how long the process stays stopped (the issue's figure)
 PAUSE = 15.0
 
-DOWNSTREAM_RULES = """
-    automations:
-      - name: after-ticking
-        trigger:
-          type: flow-run-state-change
-          match: {flow: ticking}
-          expect: [Completed]
-        actions:
-          - type: run-deployment
-            deployment: down/faults
-            parameters:
-              upstream_batch_id: "{{ event.payload.result.batch_id }}"
-"""
 
 
 def executions_by_run(faults: FaultCluster) -> dict[str, dict[int, tuple[float, float]]]:
@@ -72,7 +59,7 @@ def test_a_worker_paused_past_its_lease_is_fenced(faults: FaultCluster) -> None:
     workers = [faults.start_worker(concurrency=3, name=f"w{i}") for i in (1, 2)]
     faults.deploy("ticking", "faults", "--param", "seconds=5")
     faults.deploy("down", "faults")
-    faults.apply(DOWNSTREAM_RULES)
+    faults.apply(chain_rules("ticking", name="after-ticking"))
     wait_until(lambda: all(faults.log_of(f"w{i}-{i}").count("warm child ready") == 3 for i in (1, 2)),
                timeout=60, what="warm workers")
     batches = [f"t{i}" for i in range(6)]

@@ -14,9 +14,6 @@ other until it restarts, so the rules are applied before the second server start
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from engine.orchestration import TRANSITIONS
@@ -24,31 +21,13 @@ from tests.faults.conftest import (
     FINAL,
     FaultCluster,
     check_chain,
-    fault_env,
     setup_chain,
     wait_until,
 )
-from tests.integration.conftest import _delete_topology
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres]
 
 RUNS = 100
-
-
-@pytest.fixture
-def pg_faults(amqp_url: str, postgres_db: str, tmp_path: Path) -> Iterator[FaultCluster]:
-    env = fault_env(amqp_url, tmp_path)
-    env["FLOWRELAY_DATABASE__URL"] = postgres_db
-    # The cluster's short heartbeat timeout: a worker's heartbeats reach one server or the other
-    # (the command queue is shared), and both judge it from the database they share.
-    from tests.faults.conftest import FLOWS
-
-    c = FaultCluster(env, tmp_path, flows=FLOWS)
-    try:
-        yield c
-    finally:
-        c.stop()
-        _delete_topology(amqp_url, env["FLOWRELAY_BROKER__PREFIX"], [c.pool, "default"])
 
 
 def test_two_servers_on_one_postgres_database(pg_faults: FaultCluster) -> None:
