@@ -128,6 +128,15 @@ def _parent(client: Any, run: FlowRun) -> FlowRun | None:
     return parent
 
 
+def _attempts_text(run: FlowRun) -> str:
+    """Claims made of the run by workers, and which attempt its current state belongs to."""
+    if not run.attempts:
+        return "-"
+    current = run.state.details.attempt if run.state else None
+    now = f"current state in attempt {current}" if current else "no attempt open"
+    return f"{run.attempts} ({now})"
+
+
 def _print_inspect(
     run: FlowRun,
     states: list[State],
@@ -151,6 +160,7 @@ def _print_inspect(
         ("end", output.local_time(run.end_time)),
         ("duration", output.duration(run.start_time, run.end_time)),
         ("run count", str(run.run_count)),
+        ("attempts", _attempts_text(run)),
         ("parameters", escape(output.result_text(run.parameters))),
         ("result", escape(output.result_text(run.result)) if run.result is not None else "-"),
         (

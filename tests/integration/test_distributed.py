@@ -104,6 +104,12 @@ def test_concurrency_limit_runs_in_order(cluster: Cluster) -> None:
     assert order == ids  # in order of creation
     detail = cluster.cli_json("flow-run", "inspect", ids[2])
     assert "AwaitingConcurrencySlot" in [s["name"] for s in detail["states"]]
+    # one claim, one attempt: the worker's states carry it (docs/protocol.md)
+    assert detail["attempts"] == 1
+    assert [s["details"].get("attempt") for s in detail["states"] if s["name"] != "Scheduled"
+            and s["name"] != "AwaitingConcurrencySlot"] == [1, 1, 1]
+    human = cluster.cli("flow-run", "inspect", ids[2]).stdout
+    assert "attempts" in human and "1 (current state in attempt 1)" in human
 
 
 def test_flow_of_flows_sequential_parallel_and_parametrised(cluster: Cluster) -> None:
