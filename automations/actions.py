@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -101,11 +102,15 @@ class ActionRunner:
         webhook_allow_hosts: list[str],
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        outage_timeout: float = 300.0,
     ) -> None:
         self.api = api
         self.set_automation_enabled = set_automation_enabled
         self.webhook_allow_hosts = list(webhook_allow_hosts)
         self.timeout = timeout
+        #: how long an action is tried again while the database is unavailable (its effects are
+        #: keyed by the firing, so a second try never doubles them)
+        self.outage_timeout = outage_timeout
         self._transport = transport
 
     async def run_all(
@@ -136,8 +141,9 @@ class ActionRunner:
     ) -> ActionResult:
         where = f"automation {automation!r} action {index} ({action.type})"
         try:
-            async with asyncio.timeout(self.timeout):
-                detail = await self._run(automation, firing_id, index, action, context, caused_by, where)
+            detail = await self._run_waiting_out_outages(
+                automation, firing_id, index, action, context, caused_by, where
+            )
         except (TemplateError, ActionError) as exc:
             return ActionResult(index, action.type, False, error=str(exc))
         except TimeoutError:
@@ -148,6 +154,38 @@ class ActionRunner:
             log.exception("action failed", automation=automation, action=action.type)
             return ActionResult(index, action.type, False, error=f"{where}: {type(exc).__name__}: {exc}")
         return ActionResult(index, action.type, True, detail=detail)
+
+    async def _run_waiting_out_outages(
+        self,
+        automation: str,
+        firing_id: str,
+        index: int,
+        action: Action,
+        context: Mapping[str, Any],
+        caused_by: dict[str, Any],
+        where: str,
+    ) -> Any:
+        """`_run`, each try bounded by the action timeout; tried again with backoff while the
+        database is unavailable, for up to `outage_timeout` (an outage is a wait, not a failed
+        firing)."""
+        from engine.db.group_commit import is_unavailable
+        from engine.errors import EngineUnavailable
+
+        deadline = time.monotonic() + self.outage_timeout
+        pause = 0.2
+        while True:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    return await self._run(automation, firing_id, index, action, context, caused_by, where)
+            except Exception as exc:
+                if not (isinstance(exc, EngineUnavailable) or is_unavailable(exc)):
+                    raise
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("the database is unavailable; running the action again",
+                            automation=automation, action=action.type, retry_in=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     async def _run(
         self,

@@ -103,6 +103,7 @@ class AutomationsService(Management):
             set_automation_enabled=self.set_automation_enabled,
             webhook_allow_hosts=settings.automations.webhook_allow_hosts,
             timeout=settings.automations.action_timeout_seconds,
+            outage_timeout=settings.database.unavailable_timeout_seconds,
         )
         self._lock = asyncio.Lock()
         self._bound: set[str] = set()

@@ -47,7 +47,7 @@ from engine.db import repository as repo
 from engine.db import runs as core_runs
 from engine.db import workers
 from engine.db.engine import create_db_engine, migrate, read_only
-from engine.db.group_commit import GroupCommit, RetryPolicy, after_commit
+from engine.db.group_commit import GroupCommit, RetryPolicy, after_commit, is_unavailable
 from engine.db.models import (
     Base,
     DeploymentRow,
@@ -345,7 +345,7 @@ class EngineService:
         caller chose; a run with it already is that request's, sent again (its insert fails on
         the primary key and the run is read back: the first request pays nothing for it)."""
         if idempotency_key is not None:
-            existing = await self._flow_run_by_key(idempotency_key)
+            existing = await _unless_unavailable(self._flow_run_by_key(idempotency_key))
             if existing is not None:
                 return existing
 
@@ -788,7 +788,7 @@ class EngineService:
         _raise_if_aborted(decide(None, state), f"new task run {name!r}")
         self._check_result(state)
         if id is not None:
-            existing = await self._task_run_by_id(id)
+            existing = await _unless_unavailable(self._task_run_by_id(id))
             if existing is not None:
                 return existing
 
@@ -1027,6 +1027,18 @@ class EngineService:
                 f"{self.parameters_max_bytes:,} bytes (parameters.max_bytes): pass a reference "
                 "(a file path, a URL, an id) instead of the data"
             )
+
+
+async def _unless_unavailable(read: Awaitable[T | None]) -> T | None:
+    """A read that only spares a write some work (the write checks again in its transaction):
+    None when the database is unavailable, so the write waits the outage out instead of the
+    caller failing at once."""
+    try:
+        return await read
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        return None
 
 
 def _on_connection(session: Session, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -90,6 +90,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+def amqp_vhost(url: str = AMQP_URL) -> str:
+    """The RabbitMQ virtual host of an AMQP URL (`rabbitmqctl -p` form): "/" when none."""
+    from urllib.parse import unquote
+
+    path = urlparse(url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
 async def postgres_admin(sql: str) -> None:
     """Run one statement on the test PostgreSQL server, outside any test database."""
     import asyncpg  # type: ignore[import-untyped]

@@ -174,3 +174,37 @@ async def test_webhook_refuses_other_hosts_and_redirects_and_retries_5xx(service
     failing = await r.run_one("a", "f", 0, ACTION.validate_python(
         {"type": "call-webhook", "url": "https://hooks.example.com/down", "retries": 2}), CONTEXT, caused_by={})
     assert not failing.ok and "after 3 attempt(s)" in failing.error and len(calls) == 4
+
+
+@pytest.mark.parametrize(("outages", "outage_timeout", "ok"), [(3, 300.0, True), (50, 0.5, False)])
+async def test_an_action_waits_out_a_database_outage(
+    service: EngineService, outages: int, outage_timeout: float, ok: bool
+) -> None:
+    """Regression (issue 11): a run-deployment action that met the database refusing
+    connections failed its firing for good, and the downstream run never existed."""
+    from engine.errors import EngineUnavailable
+
+    class Outage:
+        def __init__(self) -> None:
+            self.left = outages
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(service, name)
+
+        async def create_deployment_run(self, *args: Any, **kwargs: Any) -> Any:
+            if self.left:
+                self.left -= 1
+                raise EngineUnavailable("create_deployment_run: the database is unavailable")
+            return await service.create_deployment_run(*args, **kwargs)
+
+    r = ActionRunner(Outage(), set_automation_enabled=lambda *_: None,  # type: ignore[arg-type]
+                     webhook_allow_hosts=[], timeout=5, outage_timeout=outage_timeout)
+    action = ACTION.validate_python({"type": "run-deployment", "deployment": "etl/down"})
+
+    result = await r.run_one("a", "firing-1", 0, action, CONTEXT, caused_by={})
+
+    assert result.ok is ok, result.error
+    if ok:
+        assert (await service.read_flow_run(uuid.UUID(result.detail["flow_run_id"]))).deployment_name == "etl/down"
+    else:
+        assert "the database is unavailable" in (result.error or "")

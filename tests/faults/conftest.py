@@ -307,9 +307,13 @@ def publish_many(amqp_url: str, exchange: str, routing_key: str, bodies: list[by
 
 
 def queue_depth(queue: str) -> tuple[int, int] | None:
-    """(ready, unacknowledged) messages of `queue`, from `rabbitmqctl`; None if not listed."""
-    proc = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name", "messages_ready",
-                           "messages_unacknowledged"], capture_output=True, text=True, timeout=60)
+    """(ready, unacknowledged) messages of `queue` in the tests' virtual host, from
+    `rabbitmqctl`; None if not listed."""
+    from tests.conftest import amqp_vhost
+
+    proc = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", amqp_vhost(), "name",
+                           "messages_ready", "messages_unacknowledged"],
+                          capture_output=True, text=True, timeout=60)
     for line in proc.stdout.splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[0] == queue:

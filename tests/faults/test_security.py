@@ -40,7 +40,7 @@ from automations.models import CallWebhookAction
 from engine.broker import from_url
 from engine.broker.errors import BrokerUnavailable
 from engine.settings import load_settings
-from tests.conftest import POSTGRES_URL, fresh_postgres_database, require_service
+from tests.conftest import POSTGRES_URL, amqp_vhost, fresh_postgres_database, require_service
 from tests.faults.conftest import FLOWS, FaultCluster, fault_env
 from tests.integration.conftest import _delete_topology
 
@@ -231,7 +231,7 @@ def secret_cluster(amqp_url: str, tmp_path: Path) -> Iterator[FaultCluster]:
     require_service("PostgreSQL", POSTGRES_URL, 5432)
     user = f"frsec-{uuid.uuid4().hex[:8]}"
     _rabbitmqctl("add_user", user, SENTINEL)
-    _rabbitmqctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
+    _rabbitmqctl("set_permissions", "-p", amqp_vhost(amqp_url), user, ".*", ".*", ".*")
     with fresh_postgres_database("flowrelay_sec") as database_url:
         dbname = database_url.rsplit("/", 1)[1]
         host = amqp_url.split("@", 1)[1]
