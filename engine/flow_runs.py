@@ -103,15 +103,16 @@ def propose(
     force: bool,
     logs: list[dict[str, Any]] | None = None,
 ) -> tuple[OrchestrationResult, Handed] | None:
-    """Write `logs` (log rows' values), judge `state` for the run and, on ACCEPT, write it
-    (compare-and-set on the run's event counter). None, having written nothing but the logs,
+    """Judge `state` for the run and, on ACCEPT, write it (compare-and-set on the run's event
+    counter); write `logs` (log rows' values) whatever the answer, unless the proposal is of a
+    superseded attempt (then nothing is written). None, having written nothing but the logs,
     when the change needs deployment bookkeeping."""
-    if logs:
-        runs.insert_logs(conn, logs)
     run = runs.load(conn, flow_run_id, lock=True)
     if run is None:
         raise ObjectNotFound(f"flow run {flow_run_id} not found")
     decision = decide(repo.current_state(run), state, force=force)
+    if logs and not decision.superseded:
+        runs.insert_logs(conn, logs)
     if not decision.write:
         return result(decision, repo.flow_run(run)), []
     seq, held, previous = run.event_seq, holds_slot(run), run.state_type

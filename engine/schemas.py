@@ -76,6 +76,9 @@ class LogRecord(BaseModel):
     logger: str = "flowrelay"
     message: str
     timestamp: dt.datetime = Field(default_factory=utcnow)
+    #: The attempt of the run that wrote the line (a worker's execution): lines of an attempt the
+    #: engine has ended are refused, as its states are. Not stored.
+    attempt: int | None = None
 
 
 class FlowRunFilter(BaseModel):

@@ -871,16 +871,29 @@ class EngineService:
 
     # --- logs and events --------------------------------------------------------------------
     async def write_logs(self, logs: list[LogRecord]) -> None:
+        """Store log lines. Lines that carry the attempt of a run's execution are stored only
+        while that attempt is the run's current one (a superseded attempt's lines are refused,
+        as its states are)."""
         if not logs:
             return
-        rows = [repo.log_row(rec) for rec in logs]
 
-        async def insert_logs(session: AsyncSession) -> None:
-            await session.execute(insert(LogRow), rows)
+        async def insert_logs(session: AsyncSession) -> list[LogRecord]:
+            kept = logs
+            fenced = {rec.flow_run_id: rec.attempt for rec in logs
+                      if rec.attempt is not None and rec.flow_run_id is not None}
+            if fenced:
+                over = set(await workers.superseded(session, fenced))
+                kept = [rec for rec in logs if rec.attempt is None or rec.flow_run_id not in over]
+                if over:
+                    log.warning("refused log lines of a superseded attempt",
+                                flow_run_ids=[str(r) for r in over], lines=len(logs) - len(kept))
+            if kept:
+                await session.execute(insert(LogRow), [repo.log_row(rec) for rec in kept])
+            return kept
 
-        await self._transact(insert_logs, events=False)
-        if self._log_listeners:
-            self._logs_stored(logs)
+        stored = await self._transact(insert_logs, events=False)
+        if stored and self._log_listeners:
+            self._logs_stored(stored)
 
     async def read_logs(self, flow_run_id: uuid.UUID, limit: int = 1000) -> list[LogRecord]:
         """The run's logs (its tasks' included), oldest first."""

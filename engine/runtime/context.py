@@ -51,6 +51,10 @@ class FlowRunContext:
             self.futures.append(future)
 
     def add_log(self, record: LogRecord) -> None:
+        state = getattr(self.flow_run, "state", None)
+        if record.attempt is None and state is not None:
+            # the attempt a worker's claim opened: the engine refuses the line once it is over
+            record.attempt = state.details.attempt
         with self._lock:
             self.logs.append(record)
 

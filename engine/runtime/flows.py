@@ -405,7 +405,8 @@ class FlowRunner:
         return state
 
     def _log(self, flow_run: FlowRun, message: str) -> None:
-        self.logs.append(LogRecord(flow_run_id=flow_run.id, logger="flowrelay.flow_run", message=message))
+        self.logs.append(LogRecord(flow_run_id=flow_run.id, logger="flowrelay.flow_run", message=message,
+                                   attempt=self.fence))
         log.info(message, flow_run_id=str(flow_run.id))
 
 

@@ -163,3 +163,24 @@ async def test_a_create_sent_again_with_its_id_returns_the_first_run(service: En
     assert plain.id == plain_again.id == local_id
     runs = await service.read_flow_runs()
     assert sorted(str(r.id) for r in runs) == sorted([str(run_id), str(local_id)])
+
+
+async def test_log_lines_of_a_superseded_attempt_are_refused(service: EngineService) -> None:
+    from engine.schemas import LogRecord
+
+    run, first = await claimed_run(service)
+    await service.set_flow_run_state(run.id, Running(worker_id="w1", attempt=first))
+    await service.write_logs([LogRecord(flow_run_id=run.id, message="from attempt 1", attempt=first)])
+
+    # the engine ends attempt 1; its late lines (alone, or with its late final state) are refused
+    await service.set_flow_run_state(run.id, Crashed(message="worker 'w1' lost"))
+    await service.write_logs([LogRecord(flow_run_id=run.id, message="late line", attempt=first),
+                              LogRecord(flow_run_id=run.id, message="the engine's own line")])
+    late = await service.set_flow_run_state(
+        run.id, Completed(attempt=first),
+        logs=[LogRecord(flow_run_id=run.id, message="late final line", attempt=first)],
+    )
+
+    assert late.status == "REJECT"
+    assert [r.message for r in await service.read_logs(run.id)] == [
+        "from attempt 1", "the engine's own line"]
