@@ -168,6 +168,8 @@ class ActionRunner:
         """`_run`, each try bounded by the action timeout; tried again with backoff while the
         database is unavailable, for up to `outage_timeout` (an outage is a wait, not a failed
         firing)."""
+        from sqlalchemy.exc import SQLAlchemyError
+
         from engine.db.group_commit import is_unavailable
         from engine.errors import EngineUnavailable
 
@@ -178,7 +180,12 @@ class ActionRunner:
                 async with asyncio.timeout(self.timeout):
                     return await self._run(automation, firing_id, index, action, context, caused_by, where)
             except Exception as exc:
-                if not (isinstance(exc, EngineUnavailable) or is_unavailable(exc)):
+                # The engine's own database, not a webhook's host (that one is the webhook's
+                # failure: reported as such).
+                engine_side = isinstance(exc, EngineUnavailable) or (
+                    isinstance(exc, SQLAlchemyError) and is_unavailable(exc)
+                )
+                if not engine_side or action.type == "call-webhook":
                     raise
                 if time.monotonic() + pause > deadline:
                     raise

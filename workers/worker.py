@@ -337,6 +337,13 @@ class Worker:
             return
         handed_over = reserved = False
         try:
+            if not await self._wait_for_lease():
+                self.stats.requeued += 1
+                log.warning("no lease (no heartbeat answered): requeueing the dispatch")
+                await message.nack(requeue=True)
+                return
+            # Decided and reserved with no await in between: two deliveries of one dispatch
+            # (two relays published it) must not both pass the check.
             verdict = await self._superseded_by(dispatch, log)
             if verdict == "later":
                 self.stats.requeued += 1
@@ -346,11 +353,6 @@ class Worker:
             if verdict == "drop":
                 log.info("run already claimed by this worker; dropping the duplicate delivery")
                 await message.ack()
-                return
-            if not await self._wait_for_lease():
-                self.stats.requeued += 1
-                log.warning("no lease (no heartbeat answered): requeueing the dispatch")
-                await message.nack(requeue=True)
                 return
             run = self._runs[dispatch.flow_run_id] = _Run(dispatch)
             reserved = True

@@ -216,3 +216,22 @@ async def test_the_dispatch_of_an_in_process_retry_does_not_stop_it(
     # Then it is dropped: attempt 1 goes on
     assert worker.stats.stopped_superseded == 0 and worker.stats.claimed == 1
     assert await state_of(service, run_id) == "Running"
+
+
+async def test_two_deliveries_of_one_dispatch_at_once_run_it_once(
+    flows, service, dispatch, broker, make_worker
+):
+    """Regression (found by the two-servers fault test under load: two relays published one
+    dispatch row): both deliveries waited for the worker's lease, then both passed the
+    duplicate check and the body ran twice (one claim, accepted twice as the same worker's)."""
+    engine = Engine(service)
+    worker = make_worker("inline", api=engine, heartbeat_interval=0.1, concurrency=2)
+    run_id = await dispatch(f"{flows}:async_nap", seconds=0.5)
+    await broker.publish(Names().events, f"dispatch.{POOL}",
+                         encode_dispatch(run_id, f"{flows}:async_nap", work_pool=POOL, attempts=0))
+
+    stats = await worker.run_until_idle(timeout=30)
+
+    assert stats.claimed == 1
+    history = [s.name for s in await service.read_flow_run_states(run_id)]
+    assert history == ["Scheduled", "Pending", "Running", "Completed"]
