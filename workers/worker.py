@@ -206,6 +206,7 @@ class Worker:
         #: the lease deadline in `time.monotonic()` seconds, shared with the children
         self._lease = multiprocessing.get_context(start_method).RawValue("d", 0.0)
         self._lease_renewed = asyncio.Event()
+        self._lease_warned = False
 
     # --- life cycle -------------------------------------------------------------------------
     @property
@@ -666,26 +667,29 @@ class Worker:
                 self._log.warning("heartbeat failed", error=f"{type(exc).__name__}: {exc}",
                                   lease_left=round(max(left, 0.0), 2))
             else:
-                self._renewed(sent, reply)
+                self._renewed(sent, reply, attempts)
             self._enforce_lease()
             # Wake for the next beat, or when the lease runs out if that comes first.
             left = self._lease.value - time.monotonic()
             await asyncio.sleep(max(0.05, min(self.heartbeat_interval, left + 0.01)))
 
-    def _renewed(self, sent: float, reply: Any) -> None:
-        """A heartbeat sent at `sent` was answered with `reply`: renew the lease, stop the runs
-        it revokes."""
+    def _renewed(self, sent: float, reply: Any, attempts: dict[str, int]) -> None:
+        """A heartbeat sent at `sent`, naming the runs' `attempts`, was answered with `reply`:
+        renew the lease, stop the runs it revokes (still in the attempt that was named: a run
+        finished and claimed again meanwhile is another attempt)."""
         reply = reply if isinstance(reply, dict) else {}
         lease = reply.get("lease_seconds")
         if isinstance(lease, int | float) and not isinstance(lease, bool) and lease > 0:
-            if lease <= self.heartbeat_interval:
+            if lease <= self.heartbeat_interval and not self._lease_warned:
+                self._lease_warned = True
                 self._log.warning(
                     "the lease is not longer than the heartbeat interval: runs will be stopped "
                     "between beats (lower worker.heartbeat_interval_seconds or raise "
                     "server.heartbeat_timeout_seconds)",
                     lease_seconds=lease, heartbeat_interval=self.heartbeat_interval,
                 )
-            self._grant(max(self._lease.value, sent + lease))
+            current = self._lease.value
+            self._grant(sent + lease if current == _NO_LEASE else max(current, sent + lease))
         else:
             self._grant(_NO_LEASE)  # an engine that grants no lease: nothing to watch
         for raw in reply.get("revoked") or ():
@@ -693,7 +697,7 @@ class Worker:
                 run = self._runs.get(uuid.UUID(str(raw)))
             except ValueError:
                 continue
-            if run is not None and run.stopped is None:
+            if run is not None and run.stopped is None and run.attempt == attempts.get(str(raw)):
                 self._log.warning("the engine ended this run's attempt: stopping it",
                                   flow_run_id=str(raw), attempt=run.attempt)
                 self._stop_run(run, "superseded")
