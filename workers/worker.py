@@ -60,7 +60,7 @@ from engine.logging import get_logger
 from engine.ports import EngineAPI
 from engine.schemas import FlowRun, OrchestrationResult
 from engine.states import Crashed, Failed, Pending, Scheduled, State, StateType
-from workers.child_main import REMOTE_API, ChildConfig
+from workers.child_main import EXIT_LEASE_LOST, REMOTE_API, ChildConfig
 from workers.children import ChildExited, ChildPool, Finished, NoChild, StartMethod
 from workers.dispatch import Dispatch, parse_dispatch
 from workers.errors import BadDispatch, WorkerConfigError, WorkerError
@@ -522,6 +522,11 @@ class Worker:
             await self._hand_back(run, log)
         elif isinstance(outcome, ChildExited) and run.stopped == "superseded":
             log.warning("stopped a run whose attempt the engine ended", attempt=run.attempt)
+        elif isinstance(outcome, ChildExited) and (
+            run.stopped == "lease" or outcome.exitcode == EXIT_LEASE_LOST
+        ):
+            self.stats.final_states["Crashed"] += 1
+            await self._lease_lost(run, log)
         elif isinstance(outcome, ChildExited):
             self.stats.child_crashes += 1
             self.stats.final_states["Crashed"] += 1
@@ -564,8 +569,7 @@ class Worker:
                 log.warning("stopped a run whose attempt the engine ended", attempt=run.attempt)
                 return
             if run.stopped == "lease":
-                message = f"worker {self.worker_id} stopped the run: its lease ran out"
-                await self._report(run, Crashed(message=message), log)
+                await self._lease_lost(run, log)
                 return
             if not run.handing_back:
                 raise
@@ -601,6 +605,28 @@ class Worker:
         if stuck:
             await asyncio.wait(stuck, timeout=1.0)
 
+    async def _lease_lost(self, run: _Run, log: Any) -> None:
+        """The run was stopped because this worker's lease ran out (heartbeats unanswered: the
+        broker restarting, the server paused or this worker frozen). A run that never started
+        (still Pending in our attempt: its Running report was on its way) goes back to its pool
+        without using a retry; one that ran is proposed Crashed (the flow's retries apply). Both
+        are refused if the engine has meanwhile ended the attempt."""
+        message = (f"worker {self.worker_id} stopped the run: its lease ran out (no heartbeat "
+                   "answered in time)")
+        log.warning(message, attempt=run.attempt)
+        try:
+            async with asyncio.timeout(self.claim_timeout):
+                current = (await self.api.read_flow_run(run.dispatch.flow_run_id)).state
+        except Exception:  # noqa: BLE001 - the engine still unreachable: report Crashed below
+            current = None
+        if (current is not None and current.type is StateType.PENDING
+                and run.attempt is not None and current.details.attempt == run.attempt):
+            state = Scheduled(message=f"{message}; it never started: scheduled again (no retry used)",
+                              handed_back_by=self.worker_id, attempt=run.attempt)
+            if await self._report_id(run.dispatch.flow_run_id, state, force=True):
+                return
+        await self._report(run, Crashed(message=message), log)
+
     async def _hand_back(self, run: _Run, log: Any) -> None:
         """The child is dead: put the run back to Scheduled if it is still ours, else Crashed."""
         flow_run_id = run.dispatch.flow_run_id
@@ -635,12 +661,13 @@ class Worker:
         if not await self._report_id(run.dispatch.flow_run_id, state):
             log.error("could not report the run's state", state=state.name)
 
-    async def _report_id(self, flow_run_id: uuid.UUID, state: State) -> bool:
-        """Propose `state` (unforced: a run already final stays final), retried a few times."""
+    async def _report_id(self, flow_run_id: uuid.UUID, state: State, *, force: bool = False) -> bool:
+        """Propose `state` (unforced unless said: a run already final stays final), retried a
+        few times."""
         for attempt in range(_REPORT_ATTEMPTS):
             try:
                 async with asyncio.timeout(self.claim_timeout):
-                    await self.api.set_flow_run_state(flow_run_id, state)
+                    await self.api.set_flow_run_state(flow_run_id, state, force=force)
                 return True
             except _TRANSIENT:
                 await asyncio.sleep(0.5 * (attempt + 1))
