@@ -206,8 +206,11 @@ def _watch_parent(ppid: int, lease: Any) -> None:
             if os.getppid() != ppid:
                 os._exit(EXIT_ORPHANED)
             if lease is not None and _busy.is_set() and time.monotonic() > lease.value:
-                os.write(2, b"flowrelay child: the worker's lease ran out; stopping the run\n")
-                os._exit(EXIT_LEASE_LOST)
+                from engine.runtime.flows import bodies_running
+
+                if bodies_running():  # a body done and reporting cannot run twice: let it
+                    os.write(2, b"flowrelay child: the worker's lease ran out; stopping the run\n")
+                    os._exit(EXIT_LEASE_LOST)
 
     threading.Thread(target=watch, name="flowrelay-parent-watch", daemon=True).start()
 

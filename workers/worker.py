@@ -734,9 +734,10 @@ class Worker:
         self._lease_renewed.set()
 
     def _enforce_lease(self) -> None:
-        """Stop every run still executing once the lease has run out (the children do it
-        themselves too: this covers inline runs, and children between two checks)."""
-        if self._lease_valid():
+        """Stop every inline run still executing once the lease has run out (children watch
+        the lease themselves, and stop only a run whose body is still executing: one whose body
+        is done and whose final state is on its way must be let through, not repeated)."""
+        if self._lease_valid() or self._children is not None:
             return
         for run in list(self._runs.values()):
             if run.task is not None and run.stopped is None:

@@ -302,7 +302,12 @@ class FlowRunner:
                 log.info("flow run not started", reason=answer.reason, flow_run=flow_run.name)
                 return answer.state or Failed(message=answer.reason)
             self._log(flow_run, f"Beginning flow run {flow_run.name!r} for flow {flow.name!r}")
-            state = await self._execute(flow_run, params)
+            global _bodies_running
+            _bodies_running += 1
+            try:
+                state = await self._execute(flow_run, params)
+            finally:
+                _bodies_running -= 1
             if state.is_failed() and attempt < flow.retries:
                 delay = _retry_delay(flow.retry_delay_seconds, attempt)
                 attempt += 1
@@ -409,6 +414,17 @@ class FlowRunner:
                                    attempt=self.fence))
         log.info(message, flow_run_id=str(flow_run.id))
 
+
+
+#: Flow bodies executing in this process (their tasks included); a worker's child stops a run
+#: whose lease ran out only while one is (`workers.child_main`): a run whose body is done and
+#: whose final state is on its way cannot run twice at once, and killing it would repeat it.
+_bodies_running = 0
+
+
+def bodies_running() -> int:
+    """How many flow bodies are executing in this process now."""
+    return _bodies_running
 
 
 async def _await(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
