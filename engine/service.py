@@ -49,6 +49,7 @@ from engine.db import workers
 from engine.db.engine import create_db_engine, migrate, read_only
 from engine.db.group_commit import GroupCommit, RetryPolicy, after_commit, is_unavailable
 from engine.db.models import (
+    WRITER_OPTION,
     Base,
     DeploymentRow,
     EventRow,
@@ -59,6 +60,7 @@ from engine.db.models import (
     TaskRunRow,
     TaskRunStateRow,
 )
+from engine.db.servers import new_server_id
 from engine.deployments.bulk import DueDispatch, dispatch_due
 from engine.errors import (
     InvalidTransition,
@@ -119,8 +121,11 @@ class EngineService:
         conflict_retry: RetryPolicy | None = None,
         parameters_max_bytes: int = 1_000_000,
         unavailable_timeout: float = 300.0,
+        server_id: str | None = None,
     ) -> None:
         self.url = url
+        #: who writes through this service: its outbox rows carry it (`engine.server.leases`)
+        self.server_id = server_id or new_server_id()
         self.result_max_bytes = result_max_bytes
         self.parameters_max_bytes = parameters_max_bytes
         self._busy_timeout_ms = busy_timeout_ms
@@ -167,7 +172,8 @@ class EngineService:
             raise
         self._engine = engine
         self._sessions = async_sessionmaker(
-            engine, expire_on_commit=False, sync_session_class=_WriteSession,
+            engine.execution_options(**{WRITER_OPTION: self.server_id}),
+            expire_on_commit=False, sync_session_class=_WriteSession,
             info={_HAND_OVER: self._hand_over_rows},
         )
         self._read_engine = read_only(engine)
@@ -640,10 +646,22 @@ class EngineService:
         async with self._read() as session:
             return await deployments.due_runs(session)
 
-    async def forget_dispatches(self) -> int:
-        """Mark every dispatched-but-unclaimed deployment run undispatched again (the embedded
-        in-memory broker loses its queues with the process: those runs must be dispatched anew)."""
-        return await self._transact(deployments.forget_dispatches)
+    async def forget_dispatches(
+        self, run_ids: Sequence[uuid.UUID] | None = None, *, before: dt.datetime | None = None
+    ) -> int:
+        """Mark dispatched-but-unclaimed deployment runs (all, or `run_ids`, dispatched before
+        `before`) undispatched again, for the timer to dispatch anew: the embedded in-memory
+        broker loses its queues with the process; a dispatch message can be lost
+        (`Server.redispatch_lost`). Claims are compare-and-set: a run is never claimed twice."""
+        ids = list(run_ids) if run_ids is not None else None
+        return await self._transact(
+            lambda session: deployments.forget_dispatches(session, ids, before)
+        )
+
+    async def waiting_for_claim(self, before: dt.datetime) -> list[tuple[uuid.UUID, str]]:
+        """Deployment runs dispatched before `before` and still unclaimed, with their pool."""
+        async with self._read() as session:
+            return await deployments.waiting_for_claim(session, before)
 
     async def runs_held_by(self, worker_id: str) -> list[FlowRun]:
         """Pending/Running runs claimed by `worker_id` (to crash them when it is lost)."""
@@ -935,11 +953,15 @@ class EngineService:
         *,
         until: dt.datetime | None = None,
         after: dt.datetime | None = None,
+        writer: str | None = None,
     ) -> list[tuple[Event, str]]:
         """Committed events not yet marked sent, in outbox order, with their routing keys.
         `until`: without the work dispatches that occur after it; `after`: only the work
-        dispatches that occur after it (staged ahead of their time: `engine.server.relay`)."""
+        dispatches that occur after it (staged ahead of their time: `engine.server.relay`);
+        `writer`: only those of that server (its own and those it adopted)."""
         query = select(EventRow).where(EventRow.sent_at.is_(None)).order_by(EventRow.position)
+        if writer is not None:
+            query = query.where(EventRow.writer == writer)
         dispatch = EventRow.routing_key.startswith("dispatch.")  # engine.server.relay.DISPATCH_PREFIX
         if until is not None:
             query = query.where(or_(EventRow.occurred <= until, ~dispatch))

@@ -117,6 +117,10 @@ class ServerSettings(_Section):
     #: A due run's database work is done this long before its time; its work message is still
     #: published at its time (a cron minute of 10,000 runs costs only the publishes). 0: off.
     dispatch_ahead_seconds: float = Field(5, ge=0, le=60)
+    #: Several servers on one PostgreSQL database: each renews its lease on its share of the
+    #: work (dispatch timers, outbox, schedules) every third of this; a server silent for this
+    #: long is dead and its share is taken over (`engine.server.leases`).
+    lease_seconds: float = Field(10, ge=1, le=600)
 
 
 class WorkerSettings(_Section):

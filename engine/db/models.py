@@ -243,6 +243,16 @@ class LogRow(Base):
     timestamp: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+#: Execution option naming the server (`engine.server.leases`) whose relay publishes the outbox
+#: rows written through an engine: set on the service's write engine, read at INSERT.
+WRITER_OPTION = "flowrelay_writer"
+
+
+def _writer(context: Any) -> str | None:
+    value = context.execution_options.get(WRITER_OPTION)
+    return str(value) if value else None
+
+
 class EventRow(Base):
     """The outbox: every event, committed with the change it describes; the relay publishes the
     rows whose `sent_at` is NULL in `position` order and then sets `sent_at`.
@@ -274,6 +284,33 @@ class EventRow(Base):
     routing_key: Mapped[str] = mapped_column(String(255))
     created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: the server whose relay publishes it (the engine's `WRITER_OPTION`; a dead server's rows
+    #: are adopted by a live one: `engine.server.leases`)
+    writer: Mapped[str | None] = mapped_column(String(100), default=_writer)
+
+
+class ServerRow(Base):
+    """A live server: it renews `lease_until` while it runs (`engine.server.leases`)."""
+
+    __tablename__ = "servers"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    started: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    lease_until: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    #: where its HTTP API listens (for `flowrelay server ls`), if it serves one
+    api_url: Mapped[str | None] = mapped_column(String(255))
+
+
+class PartitionRow(Base):
+    """One partition of the server-side work, leased by one live server at a time. `token`
+    grows by one at every change of owner (a fencing token)."""
+
+    __tablename__ = "server_partitions"
+
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    owner: Mapped[str | None] = mapped_column(String(100))
+    token: Mapped[int] = mapped_column(BigInteger)
+    lease_until: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 class WorkerHeartbeatRow(Base):

@@ -27,6 +27,7 @@ from engine.deployments.slots import (
     plan_new_run,
     release_slots,
     runs_held_by,
+    waiting_for_claim,
 )
 from engine.deployments.specs import (
     check_parameters,
@@ -57,6 +58,7 @@ __all__ = [
     "due_runs",
     "find",
     "forget_dispatches",
+    "waiting_for_claim",
     "format_path",
     "holds_slot",
     "lock",

@@ -339,20 +339,34 @@ async def due_runs(session: AsyncSession) -> list[tuple[uuid.UUID, dt.datetime]]
     return sorted(due, key=lambda item: item[1])
 
 
-async def forget_dispatches(session: AsyncSession) -> int:
-    """Clear `dispatched_at` of deployment runs still waiting to be claimed (not of those staged
-    ahead of their time: their work messages are unsent outbox rows, published at that time)."""
-    result = await session.execute(
-        update(FlowRunRow)
-        .where(
-            FlowRunRow.deployment_id.is_not(None),
-            FlowRunRow.dispatched_at <= utcnow(),
-            FlowRunRow.state_type == StateType.SCHEDULED.value,
-            FlowRunRow.state_name.in_(sorted(DISPATCHABLE)),
-        )
-        .values(dispatched_at=None)
-    )
+def _waiting_for_claim(before: dt.datetime) -> list[Any]:
+    return [
+        FlowRunRow.deployment_id.is_not(None),
+        FlowRunRow.dispatched_at <= before,
+        FlowRunRow.state_type == StateType.SCHEDULED.value,
+        FlowRunRow.state_name.in_(sorted(DISPATCHABLE)),
+    ]
+
+
+async def forget_dispatches(
+    session: AsyncSession, run_ids: list[uuid.UUID] | None = None, before: dt.datetime | None = None
+) -> int:
+    """Clear `dispatched_at` of deployment runs still waiting to be claimed, dispatched before
+    `before` (default now: not those staged ahead of their time, whose work messages are unsent
+    outbox rows, published at that time); only `run_ids` if given."""
+    where = _waiting_for_claim(before or utcnow())
+    if run_ids is not None:
+        where.append(FlowRunRow.id.in_(run_ids))
+    result = await session.execute(update(FlowRunRow).where(*where).values(dispatched_at=None))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def waiting_for_claim(
+    session: AsyncSession, before: dt.datetime
+) -> list[tuple[uuid.UUID, str]]:
+    """Deployment runs dispatched before `before` and still not claimed, with their pool."""
+    query = select(FlowRunRow.id, FlowRunRow.work_pool).where(*_waiting_for_claim(before))
+    return [(run_id, pool or "") for run_id, pool in await session.execute(query)]
 
 
 async def runs_held_by(session: AsyncSession, worker_id: str) -> list[FlowRun]:

@@ -88,8 +88,13 @@ class Scheduler:
         late_after: float = 15.0,
         runs_ahead: int = 3,
         clock: Callable[[], dt.datetime] = utcnow,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self.service = service
+        #: whether this server makes deployment NAME's runs (its partition's lease: several
+        #: servers share the schedules, `engine.server.leases`); None: all of them
+        self.owns = owns
+        self._rebalance = False
         self.broker = broker
         self.names = names or Names()
         self.grace = dt.timedelta(seconds=late_after)
@@ -155,6 +160,15 @@ class Scheduler:
         self._dirty.add(deployment)
         self._wake.set()
 
+    def rebalance(self) -> None:
+        """The partitions this server owns changed: follow the schedules it now owns (catching
+        up what their previous owner missed), forget the others, at the next step."""
+        self._rebalance = True
+        self._wake.set()
+
+    def _mine(self, name: str) -> bool:
+        return self.owns is None or self.owns(name)
+
     def next_wake(self) -> dt.datetime | None:
         return self._heap[0][0] if self._heap else None
 
@@ -202,6 +216,9 @@ class Scheduler:
     async def run_due(self) -> int:
         """One step: reconcile changed deployments, then handle every entry due by the clock.
         Returns how many entries were handled."""
+        if self._rebalance:
+            self._rebalance = False
+            await self._load(takeover=True)
         if self._dirty:
             dirty, self._dirty = self._dirty, set()
             await self._reconcile_names(sorted(dirty))
@@ -224,8 +241,17 @@ class Scheduler:
         return len(due)
 
     # --- loading and reconciling ----------------------------------------------------------------
-    async def _load(self) -> None:
-        deployments = await self.service.read_deployments()
+    async def _load(self, *, takeover: bool = False) -> None:
+        """Follow every schedule of the deployments this server owns (catching up missed slots);
+        `takeover`: only those not followed yet, and forget those it no longer owns."""
+        deployments = [dep for dep in await self.service.read_deployments() if self._mine(dep.full_name)]
+        if takeover:
+            mine = {dep.full_name for dep in deployments}
+            for name in [name for name in self._seen if name not in mine]:
+                self._forget(name)
+            deployments = [dep for dep in deployments if dep.full_name not in self._seen]
+            if not deployments:
+                return
         async with self.service.read_session() as session:
             pending = await store.pending_runs(session)
             last = await store.last_slots(session)
@@ -252,7 +278,8 @@ class Scheduler:
                 except ObjectNotFound:
                     pass
         for name in names:
-            if name not in found:
+            if name not in found or not self._mine(name):
+                found.pop(name, None)
                 self._forget(name)
         changed = [dep for dep in found.values() if self._seen.get(dep.full_name) != _look(dep)]
         for chunk in _chunks(changed, _CHUNK):

@@ -22,10 +22,12 @@ from engine.broker.errors import TopologyError
 from engine.broker.rpc import RpcServer
 from engine.broker.topology import Binding, Names, QueueSpec, Topology, build_topology
 from engine.db.group_commit import RetryPolicy
+from engine.db.servers import Tick
 from engine.scheduler.service import SCHEDULER_COMMANDS, Scheduler
 from engine.schemas import Event
 from engine.server.commands import CommandTable
 from engine.server.heartbeats import HeartbeatMonitor
+from engine.server.leases import LeaseKeeper
 from engine.server.relay import DISPATCH_PREFIX, OutboxRelay
 from engine.server.timers import DispatchTimer
 from engine.service import EngineService
@@ -66,6 +68,14 @@ class Server:
             ),
             unavailable_timeout=settings.database.unavailable_timeout_seconds,
         )
+        #: its share of the work no request owns (`engine.server.leases`); SQLite and the
+        #: embedded mode run one server, which takes it all at start
+        self.leases = LeaseKeeper(
+            self.service, lease_seconds=settings.server.lease_seconds,
+            single=not settings.database.url.startswith("postgresql")
+            or settings.broker.url.startswith("memory://"),
+            on_change=self._on_leases,
+        )
         self._own_broker = broker is None
         self.broker: Broker = broker or from_url(settings.broker.url, connection_name="flowrelay-server")
         self.pools: set[str] = set()
@@ -73,7 +83,7 @@ class Server:
         self.scheduler = Scheduler(
             self.service, broker=self.broker, names=self.names,
             late_after=settings.server.late_after_seconds,
-            runs_ahead=settings.server.scheduled_runs_ahead,
+            runs_ahead=settings.server.scheduled_runs_ahead, owns=self.leases.owns,
         )
         self.heartbeats = HeartbeatMonitor(
             self.service, timeout=settings.server.heartbeat_timeout_seconds,
@@ -103,6 +113,10 @@ class Server:
 
             self.api = ApiServer(self)  # ConfigError now if its settings are unsafe
         self._started = False
+        #: the relay, scheduler and timer have started (lease changes before are loaded by them)
+        self._started_work = False
+        #: runs dispatched again because their dispatch message was gone (tests, metrics)
+        self.redispatched = 0
         #: a process of its own (`flowrelay server` / `dev`): see the end of `start`
         self.freeze_heap = freeze_heap
 
@@ -124,9 +138,14 @@ class Server:
             # The in-memory broker's queues died with the last process: dispatch again what
             # was dispatched but never claimed (claims are compare-and-set, so never twice).
             await self.service.forget_dispatches()
+        # Its partitions and the unsent rows of dead servers, before the relay reads its rows
+        # and the scheduler and timer load theirs (a partition gained later: `_on_leases`).
+        await self.leases.start()
         await self.relay.start()
         await self.scheduler.start()  # before the timer: catch-up may cancel missed runs
-        await self.timer.start()
+        await self.timer.start(self.leases.owns)
+        self._started_work = True
+        await self.redispatch_lost()
         await self.heartbeats.start()
         if self.automations is not None:
             await self.automations.start()
@@ -182,6 +201,8 @@ class Server:
         await self.scheduler.stop()
         await self.timer.stop()
         await self.relay.stop()
+        await self.leases.stop()  # after the relay marked what it published: the rest is adopted
+        self._started_work = False
         if self._own_broker:
             await self.broker.close()
         await self.service.close()
@@ -208,6 +229,54 @@ class Server:
             self.pools.add(pool)
             if self.on_new_pool is not None:
                 await self.on_new_pool(pool)
+
+    async def _on_leases(self, tick: Tick) -> None:
+        """The partitions this server owns changed, or a server died, or this one is back from
+        an outage: take over what is now this server's."""
+        if tick.adopted:
+            self.relay.wake()  # a dead server's unsent rows are now this server's to publish
+        if not self._started_work:
+            return  # start loads everything after the first tick
+        if tick.gained or tick.lost or tick.released:
+            self.scheduler.rebalance()
+        loaded = await self.timer.load(self.leases.owns)
+        redispatched = await self.redispatch_lost()
+        log.info("took over", server_id=self.service.server_id, gained=len(tick.gained),
+                 dead_servers=tick.died, due_runs=loaded, redispatched=redispatched,
+                 adopted_events=tick.adopted)
+
+    async def redispatch_lost(self) -> int:
+        """Dispatch again the runs of this server's partitions whose dispatch message is gone:
+        dispatched more than a heartbeat timeout ago, still unclaimed, and their pool's queue is
+        empty (no message left that a worker could still take). Run at start, on taking
+        partitions over and after an outage, never on a timer. A run dispatched twice is
+        claimed once. Returns how many were dispatched again."""
+        before = utcnow() - dt.timedelta(seconds=self.settings.server.heartbeat_timeout_seconds)
+        try:
+            waiting = [(run_id, pool) for run_id, pool in await self.service.waiting_for_claim(before)
+                       if self.leases.owns(run_id)]
+            empty: dict[str, bool] = {}
+            for pool in {pool for _, pool in waiting}:
+                try:
+                    empty[pool] = await self.broker.message_count(self.names.pool(pool)) == 0
+                except TopologyError:
+                    empty[pool] = True  # no queue at all: its messages are gone with it
+                    await self.ensure_pool(pool)
+            lost = [run_id for run_id, pool in waiting if empty[pool]]
+            if not lost:
+                return 0
+            count = await self.service.forget_dispatches(lost, before=before)
+        except Exception as exc:  # noqa: BLE001 - looked for again at the next takeover/outage
+            log.warning("could not look for lost dispatches", error=f"{type(exc).__name__}: {exc}")
+            return 0
+        now = utcnow()
+        for run_id in lost:
+            self.timer.schedule(run_id, now)
+        if count:
+            self.redispatched += count
+            log.warning("dispatching again runs whose dispatch message is gone", runs=count,
+                        dispatched_before=before.isoformat())
+        return count
 
     def _on_published(self, event: Event, routing_key: str) -> None:
         """Feed the dispatch timer with deployment runs that start in the future."""

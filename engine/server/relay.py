@@ -80,6 +80,10 @@ class OutboxRelay:
         self._held_at: list[tuple[dt.datetime, int, uuid.UUID]] = []
         self._held_seq = itertools.count()  # ties broken by an int, not by comparing uuids
         self._bodies: dict[uuid.UUID, bytes] = {}
+        #: only this server's rows (written by it or adopted from a dead server): another live
+        #: server's relay publishes its own (`engine.server.leases`)
+        writer = getattr(service, "server_id", None)
+        self._mine: dict[str, str] = {"writer": writer} if writer else {}
         self.published = 0
         #: outbox reads (for tests and benchmarks)
         self.reads = 0
@@ -209,7 +213,7 @@ class OutboxRelay:
     async def _next_batch(self) -> list[tuple[Event, str]]:
         if self._read_held:  # at start and after a failure: the staged events, all of them
             self._read_held = False
-            self._hold(await self.service.unsent_events(None, after=utcnow()))
+            self._hold(await self.service.unsent_events(None, after=utcnow(), **self._mine))
             self._release()
         now = asyncio.get_running_loop().time()
         # Sweep for others' rows when this batch is the last of a backlog of our own (during a
@@ -222,7 +226,7 @@ class OutboxRelay:
             self._last_read = now
             self.reads += 1
             rows: list[tuple[Event, str]] = await self.service.unsent_events(
-                self.batch_size, until=utcnow()
+                self.batch_size, until=utcnow(), **self._mine
             )
             for event, _ in rows:
                 self._handed.pop(event.id, None)

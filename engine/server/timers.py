@@ -47,10 +47,20 @@ class DispatchTimer:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        for run_id, when in await self.service.due_runs():
-            self.schedule(run_id, when)
+    async def start(self, owns: Callable[[uuid.UUID], bool] | None = None) -> None:
+        await self.load(owns)
         self._task = asyncio.create_task(self._run(), name="flowrelay-dispatch-timer")
+
+    async def load(self, owns: Callable[[uuid.UUID], bool] | None = None) -> int:
+        """Add the database's due runs (those of the partitions this server owns, if `owns`) to
+        the heap: at start, and when this server takes partitions over (`engine.server.leases`).
+        Runs already in the heap for the same time are not added twice. Returns how many."""
+        loaded = 0
+        for run_id, when in await self.service.due_runs():
+            if owns is None or owns(run_id):
+                self.schedule(run_id, when)
+                loaded += 1
+        return loaded
 
     async def stop(self) -> None:
         if self._task is not None:
