@@ -13,7 +13,7 @@ import asyncio
 import datetime as dt
 import gc
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -105,8 +105,11 @@ class Server:
             self.automations = AutomationsService(self.service, self.broker, self.names, settings)
             self.commands.add_service(self.automations, AUTOMATION_COMMANDS)
         self.rpc: RpcServer | None = None
-        #: called with every event the relay published (the HTTP API's stream and metrics)
+        #: called with every event published (the HTTP API's stream and metrics): by this
+        #: server's relay when it is the only server, else by a queue of its own that receives
+        #: every event of the cluster (`_follow_events`)
         self.published_listeners: list[Callable[[Event, str], None]] = []
+        self._feed: Any = None
         self.api: ApiServer | None = None
         if serve_api and settings.api.enabled:
             from engine.api.server import ApiServer
@@ -157,6 +160,8 @@ class Server:
             await self.rpc.start()
         if self.api is not None:
             await self.api.start()
+        if self.published_listeners and not self.leases.single:
+            await self._follow_events()
         self._started = True
         if self.freeze_heap:
             # What start loaded (deployments, schedules, timers, rules) lives as long as the
@@ -190,6 +195,9 @@ class Server:
                 )
 
     async def stop(self) -> None:
+        if self._feed is not None:
+            feed, self._feed = self._feed, None
+            await feed.cancel(grace=1.0)
         if self.api is not None:
             await self.api.stop()
         if self.rpc is not None:
@@ -229,6 +237,22 @@ class Server:
             self.pools.add(pool)
             if self.on_new_pool is not None:
                 await self.on_new_pool(pool)
+
+    async def _follow_events(self) -> None:
+        """Several servers: every server's API shows the whole cluster. Its stream and metrics
+        are fed by an exclusive queue bound to every event (each relay publishes only its own
+        rows), restored with its binding when the broker connection comes back."""
+        queue = await self.broker.declare_queue(QueueSpec.temporary(prefix=f"{self.names.prefix}.api"))
+        await self.broker.bind(queue, self.names.events, "#")
+        self._feed = await self.broker.consume(queue, self._on_feed, auto_ack=True)
+
+    async def _on_feed(self, message: Any) -> None:
+        try:
+            event = Event.model_validate_json(message.body)
+        except ValueError:
+            return  # not an event (the rule engine dead-letters it, not the API)
+        for listener in self.published_listeners:
+            listener(event, message.routing_key)
 
     async def _on_leases(self, tick: Tick) -> None:
         """The partitions this server owns changed, or a server died, or this one is back from
@@ -279,9 +303,11 @@ class Server:
         return count
 
     def _on_published(self, event: Event, routing_key: str) -> None:
-        """Feed the dispatch timer with deployment runs that start in the future."""
-        for listener in self.published_listeners:
-            listener(event, routing_key)
+        """Feed the dispatch timer with deployment runs that start in the future (and, with one
+        server, the API's stream and metrics: it published every event)."""
+        if self.leases.single:
+            for listener in self.published_listeners:
+                listener(event, routing_key)
         if not event.event.startswith("flow-run.") or not event.resource.get("deployment"):
             return
         if event.payload.get("type") != "SCHEDULED":

@@ -4,13 +4,16 @@ The engine service hands it the outbox rows of each of its commits, in memory, o
 (`EngineService.add_event_listener`): it publishes them without reading them back (no polling).
 It reads the outbox itself at start (events left unsent by a crash are published again:
 at-least-once; consumers drop duplicates by event id and `seq`), after a failed publish (every
-event handed over is in the outbox until marked sent), and, while it is busy, at most every
-`sweep_seconds` for rows other processes committed (at the end of a backlog of its own, not in
-the middle of one, and not while its confirmed rows wait to be marked). A row is marked sent only after the broker's
+event handed over is in the outbox until marked sent), when its server adopts a dead server's
+rows, and, while it is busy, at most every `sweep_seconds` (at the end of a backlog of its own,
+not in the middle of one, and not while its confirmed rows wait to be marked). It reads only the
+rows its server wrote or adopted (`events.writer`): another live server's rows are that server's
+to publish, so two relays never publish one row (`engine.server.leases`). A row is marked sent only after the broker's
 confirm, whichever way it came; confirmed rows are marked together, `mark_delay` seconds after
 the first of them (one write transaction instead of one per publish; a crash in between
-publishes them again at start, as for any row not marked yet). Work dispatches (`dispatch.<pool>`) are published `mandatory`: if their pool queue is
-missing it is declared and the publish retried, so work is never confirmed into the void.
+publishes them again at start, as for any row not marked yet). Work dispatches (`dispatch.<pool>`) go to a pool queue the relay has declared (once per pool
+and process, before its first dispatch), and are published `mandatory`: if the queue was deleted
+meanwhile it is declared again and the publish retried, so work is never confirmed into the void.
 
 No work dispatch is published before it occurs: a ``dispatch.<pool>`` row whose ``occurred``
 is in the future (a run's dispatch staged ahead of its time by the dispatch timer) is held in memory, its body already
@@ -84,6 +87,8 @@ class OutboxRelay:
         #: server's relay publishes its own (`engine.server.leases`)
         writer = getattr(service, "server_id", None)
         self._mine: dict[str, str] = {"writer": writer} if writer else {}
+        #: pools whose work queue this relay has declared (once per process)
+        self._pools: set[str] = set()
         self.published = 0
         #: outbox reads (for tests and benchmarks)
         self.reads = 0
@@ -245,6 +250,13 @@ class OutboxRelay:
         rows = await self._next_batch()
         if not rows:
             return bool(self._handed) or self._read_outbox
+        for pool in {key[len(DISPATCH_PREFIX):] for _, key in rows if key.startswith(DISPATCH_PREFIX)}:
+            if pool not in self._pools:
+                # Declared before its first work message: `mandatory` alone cannot tell a missing
+                # pool queue once anything else is bound to every key (a `#` rule, the API feed
+                # of several servers): the message would be confirmed, routed only there.
+                await self.ensure_pool(pool)
+                self._pools.add(pool)
         messages = [
             (key, self._bodies.pop(event.id, b"") or event.model_dump_json().encode(),
              str(event.id), key.startswith(DISPATCH_PREFIX))  # work is never confirmed unrouted

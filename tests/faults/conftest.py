@@ -327,3 +327,108 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+class Tap:
+    """Every message published to the cluster's events exchange, as (message id, routing key):
+    an exclusive queue bound to `#`, consumed on a thread of its own. Counts publishes."""
+
+    def __init__(self, amqp_url: str, prefix: str) -> None:
+        import threading
+
+        from engine.broker.topology import Names
+
+        self.url, self.exchange = amqp_url, Names(prefix).events
+        self.prefix = prefix
+        self.messages: list[tuple[str, str]] = []
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self._thread.start()
+        assert self._ready.wait(30), "the tap did not start"
+
+    async def _main(self) -> None:
+        from engine.broker import from_url
+        from engine.broker.topology import QueueSpec
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with from_url(self.url, connection_name="flowrelay-faults-tap") as broker:
+            queue = await broker.declare_queue(QueueSpec.temporary(prefix=f"{self.prefix}.tap"))
+            await broker.bind(queue, self.exchange, "#")
+
+            async def take(message: Any) -> None:
+                self.messages.append((str(message.message_id), message.routing_key))
+
+            consumer = await broker.consume(queue, take, auto_ack=True)
+            self._ready.set()
+            await self._stop.wait()
+            await consumer.cancel()
+
+    def close(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+class StreamReader:
+    """The event ids one server's `GET /api/stream` delivers, read on a thread of its own."""
+
+    def __init__(self, port: int) -> None:
+        import threading
+        import urllib.request
+
+        self.ids: set[str] = set()
+        self.url = f"http://127.0.0.1:{port}/api/stream"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self._response = urllib.request.urlopen(self.url, timeout=60)  # noqa: S310
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for raw in self._response:
+                line = raw.decode().strip()
+                if line.startswith("id: "):
+                    self.ids.add(line[4:])
+        except Exception:  # noqa: BLE001 - closed under the reader (http.client raises several kinds)
+            pass
+
+    def close(self) -> None:
+        import contextlib
+
+        with contextlib.suppress(Exception):
+            self._response.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def outbox(db_url: str) -> list[tuple[str, str, str | None]]:
+    """Every outbox row: (event id, routing key, writer)."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def main() -> list[tuple[str, str, str | None]]:
+        engine = create_async_engine(db_url)
+        try:
+            async with engine.connect() as conn:
+                rows = (await conn.execute(text("SELECT id, routing_key, writer FROM events"))).all()
+        finally:
+            await engine.dispose()
+        return [(_uuid(r[0]), r[1], r[2]) for r in rows]
+
+    return asyncio.run(main())

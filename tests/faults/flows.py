@@ -57,6 +57,14 @@ def slow(batch_id: str, seconds: float = 2.0) -> str:
     return batch_id
 
 
+@flow(name="joined")
+def joined(batch_id: str) -> str:
+    """Launched by a join (`tests/faults/test_cluster.py`): one per batch, whatever the faults."""
+    start = time.time()
+    record("joined", start, batch_id)
+    return batch_id
+
+
 @flow(name="ping")
 def ping(n: int = 0) -> int:
     start = time.time()

@@ -48,10 +48,10 @@ class Cluster:
         self.pool = f"pool-{uuid.uuid4().hex[:8]}"
         self.deployment = f"d{uuid.uuid4().hex[:8]}"
 
-    def spawn(self, *args: str, log_name: str) -> subprocess.Popen[str]:
+    def spawn(self, *args: str, log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         log = open(self.workdir / f"{log_name}.log", "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            [FLOWRELAY, *args], env=self.env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+            [FLOWRELAY, *args], env={**self.env, **(env or {})}, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
             text=True, start_new_session=True,
         )
         proc._flowrelay_log = log  # type: ignore[attr-defined]
@@ -61,8 +61,9 @@ class Cluster:
     def log_of(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text()
 
-    def start_server(self) -> subprocess.Popen[str]:
-        proc = self.spawn("server", log_name=f"server-{len(self.procs)}")
+    def start_server(self, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """A `flowrelay server` (`env`: settings of its own, such as its API port)."""
+        proc = self.spawn("server", log_name=f"server-{len(self.procs)}", env=env)
         self.wait_ready()
         return proc
 

@@ -129,7 +129,7 @@ async def test_a_server_that_cannot_renew_stops_acting_before_its_lease_is_taken
     await a.tick()
     run = "0b7c6a4e-1111-4111-8111-000000000001"
     assert a.owns(run)
-    time.sleep(LEASE)  # paused (no tick) for its whole lease: by its own clock it owns nothing
+    time.sleep(LEASE)  # noqa: ASYNC251 - the whole process paused (no tick) for its whole lease: by its own clock it owns nothing
     assert not a.owns(run)
     # resumed before anyone took its partitions: renewing keeps them, with the same tokens
     tokens = dict(a.owned)
