@@ -67,7 +67,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.published = Counter(
-            "flowrelay_events_published", "Events this server's relay published, by kind",
+            "flowrelay_events_published", "Events published, by kind (by every server of the "
+            "cluster: each server's API follows them all)",
             ["kind"], registry=self.registry,
         )
         self.dispatched = Counter(
@@ -226,6 +227,17 @@ class _ScrapeCollector(Collector):
         yield workers
         yield age
         yield held
+        owned = GaugeMetricFamily(
+            "flowrelay_server_partitions",
+            "Partitions of the work (due runs, schedules) each live server leases; a server "
+            "with none is live but idle (a newcomer gets its share within a lease)",
+            labels=["server"],
+        )
+        for server in snap.servers:
+            owned.add_metric([str(server["id"])], len(server["partitions"]))
+        yield GaugeMetricFamily("flowrelay_servers", "Live servers on this database",
+                                value=len(snap.servers))
+        yield owned
         clients, dropped = self._stream
         yield GaugeMetricFamily(
             "flowrelay_api_stream_clients", "Clients connected to GET /api/stream", value=clients

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, or_, select
 
 from engine.db import repository as repo
+from engine.db import servers
 from engine.db.models import EventRow, FlowRunRow, WorkerHeartbeatRow
 from engine.schemas import Event, FlowRun
 from engine.service import EngineService
@@ -173,6 +174,8 @@ class Snapshot:
     workers: list[tuple[str, str, dt.datetime, int]] = field(default_factory=list)
     #: messages waiting in the dead-letter queue (read from the broker; None: unknown)
     dead_letter_queue: int | None = None
+    #: live servers with the partitions they own (`engine.db.servers.live_servers`)
+    servers: list[dict[str, Any]] = field(default_factory=list)
 
 
 async def snapshot(service: EngineService) -> Snapshot:
@@ -197,6 +200,7 @@ async def snapshot(service: EngineService) -> Snapshot:
             (row.worker_id, row.pool, row.last_seen, len(row.flow_run_ids or []))
             for row in heartbeats
         ]
+        out.servers = await servers.live_servers(session)
     return out
 
 

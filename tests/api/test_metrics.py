@@ -39,6 +39,9 @@ automations:
     assert value(before, "flowrelay_flow_runs", state_type="COMPLETED", state="Completed") == 0
     assert value(before, "flowrelay_api_events_received_total") == 0
     assert ("flowrelay_outbox_backlog", ()) in before
+    # the one server on this database leases every partition of the work
+    assert value(before, "flowrelay_servers") == 1
+    assert value(before, "flowrelay_server_partitions", server=api.server.service.server_id) == 64
 
     worker = Worker(api.server.broker, api.server.service, pool="default", concurrency=2, mode="inline",
                     heartbeat_interval=0.1, drain_timeout=5)
