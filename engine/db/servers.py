@@ -1,6 +1,6 @@
 """Servers, partition leases and outbox adoption in the database (`engine.server.leases`).
 
-One `tick` is one transaction, run by each server every third of its lease:
+One `tick` is one transaction, run by each server every third of its lease (at least every 2 s):
 
 1. its own row in ``servers`` is renewed (inserted again if a live server removed it after it
    had let its lease run out: paused for longer than the lease);

@@ -261,8 +261,9 @@ class Server:
             self.relay.wake()  # a dead server's unsent rows are now this server's to publish
         if not self._started_work:
             return  # start loads everything after the first tick
-        if tick.gained or tick.lost or tick.released:
-            self.scheduler.rebalance()
+        # (also back from an outage: a deployment changed while its lease was not valid here
+        # was let go, and is followed again now)
+        self.scheduler.rebalance()
         loaded = await self.timer.load(self.leases.owns)
         redispatched = await self.redispatch_lost()
         log.info("took over", server_id=self.service.server_id, gained=len(tick.gained),

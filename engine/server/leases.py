@@ -19,7 +19,8 @@ and only that server's relay publishes it, so a relay never republishes what ano
 publishing. When a server's lease runs out, one live server adopts its unsent rows (one UPDATE:
 `engine.db.servers.tick`) and publishes them.
 
-Every lease lasts `server.lease_seconds` (10) and is renewed every third of it. A server acts on a
+Every lease lasts `server.lease_seconds` (10) and is renewed every third of it, at least every 2 s
+(a dead server is found within the lease + 2 s). A server acts on a
 partition only while its lease is valid by its own monotonic clock, counted from when it sent the
 renewal, so it stops acting before the database lets another server take the partition (the
 database counts from when it received the renewal, later). A server paused past its lease (SIGSTOP,
@@ -150,7 +151,8 @@ class LeaseKeeper:
         return result
 
     async def _run(self) -> None:
-        interval = self.lease_seconds / 3
+        # A dead server is found within lease + interval: at most 2 s over the lease.
+        interval = min(self.lease_seconds / 3, 2.0)
         while True:
             await asyncio.sleep(interval)
             try:

@@ -197,3 +197,41 @@ async def test_two_schedulers_on_one_postgresql_database_make_one_run_per_slot(d
         assert {run.state_name for run in runs} <= {"Scheduled", "Late"}
     finally:
         await other.close()
+
+
+async def test_schedules_are_shared_by_owner_and_taken_over_with_catch_up(service, deploy, schedulers, clock: Clock) -> None:
+    # Given two servers' schedulers that each own half the deployments (their leases)
+    for i in range(4):
+        await deploy(f"d{i}", schedules=[{**HOURLY, "catchup": "all"}])
+    owner = {f"etl/d{i}": ("one" if i % 2 else "two") for i in range(4)}
+    alive = {"one", "two"}
+
+    def owns(me: str):  # noqa: ANN202
+        return lambda name: owner[name] == me and me in alive
+
+    one = await schedulers(owns=owns("one"))
+    two = await schedulers(owns=owns("two"))
+    # Then each made the runs of its own deployments only
+    assert one.schedules == 2 and two.schedules == 2
+    for i in range(4):
+        assert len(await scheduled_runs(service, f"etl/d{i}")) == 3
+    # When "two" dies and "one" takes its partitions over three hours later
+    alive.discard("two")
+    for name in owner:
+        owner[name] = "one"
+    clock.advance(hours=3)
+    one.rebalance()
+    await one.run_due()
+    # Then "one" follows all four, and caught up the dead owner's missed slots (catchup: all)
+    assert one.schedules == 4
+    for i in range(4):
+        runs = live(await scheduled_runs(service, f"etl/d{i}"))
+        slots = [run.expected_start_time for run in runs]
+        assert slots == sorted(set(slots))  # one run per slot
+        assert slots[:3] == [clock.at(hours=h) for h in (1, 2, 3)]
+        assert clock.at(hours=6) in slots
+    # And a server that lost a partition forgets its schedules
+    owner["etl/d0"] = "nobody"
+    one.rebalance()
+    await one.run_due()
+    assert one.schedules == 3

@@ -1,0 +1,110 @@
+"""A Scheduled run whose dispatch message is gone is dispatched again (`Server.redispatch_lost`)
+when a server starts — and not while its message still waits in the pool's queue. In-process
+servers on RabbitMQ (its queues outlive a server; the in-memory broker's do not) and SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.schemas import DeploymentSpec
+from engine.server.app import Server
+from engine.settings import Settings, load_settings
+from tests.integration.conftest import _delete_topology
+
+pytestmark = pytest.mark.rabbitmq
+
+TIMEOUT = 0.5
+
+
+@pytest.fixture
+def settings(tmp_path: Path, amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    prefix = f"frtest-{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("FLOWRELAY_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path / 's.db'}")
+    monkeypatch.setenv("FLOWRELAY_BROKER__URL", amqp_url)
+    monkeypatch.setenv("FLOWRELAY_BROKER__PREFIX", prefix)
+    monkeypatch.setenv("FLOWRELAY_SERVER__HEARTBEAT_TIMEOUT_SECONDS", str(TIMEOUT))
+    monkeypatch.setenv("FLOWRELAY_API__ENABLED", "false")
+    yield load_settings()
+    _delete_topology(amqp_url, prefix, ["p"])
+
+
+async def _one_dispatched_run(settings: Settings, tmp_path: Path) -> str:
+    flow_file = tmp_path / "f.py"
+    flow_file.write_text("from engine import flow\n@flow\ndef f():\n    return 1\n")
+    async with Server(settings, prefix=settings.broker.prefix) as server:
+        await server.service.register_deployment(
+            DeploymentSpec(name="d", flow_name="f", entrypoint=f"{flow_file}:f", work_pool="p")
+        )
+        await server.ensure_pool("p")
+        run = await server.service.create_deployment_run("f/d")
+        queue = server.names.pool("p")
+        for _ in range(100):  # published (no worker takes it)
+            if await server.broker.message_count(queue) == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert await server.broker.message_count(queue) == 1
+    return str(run.id)
+
+
+async def test_a_run_whose_dispatch_message_is_gone_is_dispatched_again_at_start(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # Given a run dispatched to its pool, whose message was then lost (purged here)
+    run_id = await _one_dispatched_run(settings, tmp_path)
+    async with Server(settings, prefix=settings.broker.prefix) as server:
+        await server.broker.purge(server.names.pool("p"))
+    await asyncio.sleep(TIMEOUT + 0.1)  # dispatched over a heartbeat timeout ago
+    # When a server starts
+    async with Server(settings, prefix=settings.broker.prefix) as server:
+        # Then the run is dispatched again: its work message is back in the pool's queue
+        assert server.redispatched == 1
+        queue = server.names.pool("p")
+        for _ in range(100):
+            if await server.broker.message_count(queue) == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert await server.broker.message_count(queue) == 1
+        run = await server.service.read_flow_run(uuid.UUID(run_id))
+        assert run.state is not None and run.state.name == "Scheduled"
+
+
+async def test_a_run_whose_message_still_waits_is_not_dispatched_twice(
+    settings: Settings, tmp_path: Path
+) -> None:
+    await _one_dispatched_run(settings, tmp_path)
+    await asyncio.sleep(TIMEOUT + 0.1)
+    async with Server(settings, prefix=settings.broker.prefix) as server:
+        assert server.redispatched == 0
+        assert await server.broker.message_count(server.names.pool("p")) == 1
+
+
+async def test_a_first_dispatch_reaches_its_pool_although_a_queue_takes_every_key(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`mandatory` cannot tell a missing pool queue when a queue is bound to `#` (a rule matching
+    every event, the API feed of several servers): the relay declares the pool's queue first."""
+    from engine.broker.topology import QueueSpec
+
+    flow_file = tmp_path / "f.py"
+    flow_file.write_text("from engine import flow\n@flow\ndef f():\n    return 1\n")
+    async with Server(settings, prefix=settings.broker.prefix) as server:
+        everything = await server.broker.declare_queue(QueueSpec.temporary(prefix=f"{settings.broker.prefix}.all"))
+        await server.broker.bind(everything, server.names.events, "#")
+        await server.service.register_deployment(
+            DeploymentSpec(name="d", flow_name="f", entrypoint=f"{flow_file}:f", work_pool="p")
+        )
+        await server.service.create_deployment_run("f/d")  # no pool queue declared yet
+        queue = server.names.pool("p")
+        for _ in range(100):
+            try:
+                if await server.broker.message_count(queue) == 1:
+                    break
+            except Exception:  # noqa: BLE001 - not declared yet
+                pass
+            await asyncio.sleep(0.05)
+        assert await server.broker.message_count(queue) == 1
