@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from automations.errors import AutomationNotFound, TemplateError
@@ -87,6 +87,9 @@ class Evaluator:
         for (name, key), row in (state or {}).items():
             if row is not None:
                 self._rows.setdefault(name, {})[key] = dict(row)
+        #: which automations this evaluator may act on (their rule partition is this server's:
+        #: `automations.service`); the others are loaded, but neither evaluated nor timed here
+        self.owns: Callable[[str], bool] = lambda name: True
 
     # --- the automations ------------------------------------------------------------------------
     @property
@@ -142,6 +145,26 @@ class Evaluator:
             self._wake.pop((name, key), None)
         return out
 
+    def restore(
+        self, automations: list[Automation], state: Mapping[StateKey, StateRow], now: dt.datetime
+    ) -> Outcome:
+        """Load these automations again with their state as stored (this server takes their
+        partition over: another server evaluated them meanwhile); the rest is untouched."""
+        names = {a.name for a in automations}
+        for name in names:
+            self._loaded.pop(name, None)
+            self._index.remove(name)
+            self._rows.pop(name, None)
+        for wake in [w for w in self._wake if w[0] in names]:
+            del self._wake[wake]
+        for (owner, key), row in state.items():
+            if owner in names and row is not None:
+                self._rows.setdefault(owner, {})[key] = dict(row)
+        out = Outcome()
+        for automation in automations:
+            out.state.update(self.upsert(automation, now).state)
+        return out
+
     def unloaded(self) -> list[str]:
         """Names with restored state but no loaded definition (deleted while the service was
         down); `remove` each to delete its rows."""
@@ -178,7 +201,9 @@ class Evaluator:
         """The automations the index offers for the event (a superset of those it matches)."""
         return list(self._index.candidates(event))
 
-    def evaluate(self, event: dict[str, Any], now: dt.datetime) -> Outcome:
+    def evaluate(
+        self, event: dict[str, Any], now: dt.datetime, only: Callable[[str], bool] | None = None
+    ) -> Outcome:
         """Count the event for every automation it matches; fire those it completes.
 
         Time first passes to `now` (as `advance` does, and in the same Outcome), so a deadline
@@ -192,7 +217,9 @@ class Evaluator:
         out = self.advance(now) if self._heap and self._heap[0][0] <= now else Outcome()
         for name, children in self._index.candidates(event).items():
             loaded = self._loaded.get(name)
-            if loaded is None or not loaded.enabled:
+            if loaded is None or not loaded.enabled or not self.owns(name):
+                continue
+            if only is not None and not only(name):  # (another partition's queue brings it)
                 continue
             tx = self._tx(loaded, now)
             try:
@@ -218,8 +245,8 @@ class Evaluator:
             del self._wake[(name, key)]
             loaded = self._loaded.get(name)
             row = self._rows.get(name, {}).get(key)
-            if loaded is None or row is None:
-                continue
+            if loaded is None or row is None or not self.owns(name):
+                continue  # (another server's: restored with its state if this one takes it over)
             tx = self._tx(loaded, now)
             on_time(tx, key, row)
             if key not in tx.writes and row.get("wake"):
@@ -234,7 +261,7 @@ class Evaluator:
         """The earliest time `advance` would change something (None: nothing is pending)."""
         while self._heap:
             when, name, key = self._heap[0]
-            if self._wake.get((name, key)) == when and name in self._loaded:
+            if self._wake.get((name, key)) == when and name in self._loaded and self.owns(name):
                 return when
             heapq.heappop(self._heap)
         return None

@@ -74,6 +74,9 @@ class Management:
     def _reschedule(self) -> None:
         raise NotImplementedError
 
+    def _evaluator(self, now: dt.datetime, state: Any) -> Evaluator:
+        raise NotImplementedError
+
     async def _persist(self, outcome: Outcome) -> list[Firing]:
         raise NotImplementedError
 
@@ -296,7 +299,7 @@ class Management:
             rows = await store.load_automations(session)
             state = await store.load_state(session)
         now = self.clock()
-        evaluator = Evaluator(now=now, state=state)
+        evaluator = self._evaluator(now, state)
         automations: dict[str, Automation] = {}
         for row in rows:
             try:

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import uuid
+import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -56,7 +58,7 @@ from engine.states import utcnow
 
 log = structlog.get_logger("flowrelay.automations")
 
-__all__ = ["AUTOMATION_COMMANDS", "AutomationsService"]
+__all__ = ["AUTOMATION_COMMANDS", "AutomationsService", "rule_partition", "rule_partitions", "rule_queue"]
 
 #: Methods reachable over the broker's RPC (the CLI's `flowrelay automation ...`).
 AUTOMATION_COMMANDS = (
@@ -71,6 +73,26 @@ REASON_HEADER = "x-flowrelay-reason"
 #: then being dispatched and claimed, writes that its start waits for; the results need not
 #: overtake them (a crash meanwhile leaves the firing pending: it is run again, keyed, at start).
 FINISH_DELAY = 0.05
+#: How long a rule partition's consumer, given up, may finish the events it holds; a server
+#: taking a partition over restores its timers' state this long after, if no event came first.
+CANCEL_GRACE = 5.0
+
+
+def rule_partitions(settings: Settings) -> int:
+    """The number of rule partitions (`automations.partitions`; 0: 8 on PostgreSQL, else 1)."""
+    if settings.automations.partitions:
+        return settings.automations.partitions
+    return 8 if settings.database.url.startswith("postgresql") else 1
+
+
+def rule_partition(name: str, partitions: int) -> int:
+    """The rule partition of automation `name` (the same in every process: CRC-32)."""
+    return zlib.crc32(name.encode()) % partitions if partitions > 1 else 0
+
+
+def rule_queue(names: Names, partition: int) -> str:
+    """The queue of rule partition `partition` (partition 0 keeps the one-queue name)."""
+    return names.subscription(SUBSCRIPTION if partition == 0 else f"{SUBSCRIPTION}.{partition}")
 
 
 def _resource(name: str) -> dict[str, Any]:
@@ -89,13 +111,25 @@ class AutomationsService(Management):
         settings: Settings,
         *,
         clock: Callable[[], dt.datetime] = utcnow,
+        owns_partition: Callable[[int], bool] | None = None,
     ) -> None:
         self.service = service
         self.broker = broker
         self.names = names
         self.settings = settings
         self.clock = clock
-        self.queue = names.subscription(SUBSCRIPTION)
+        #: rule partitions: each automation is in `rule_partition(name)`, whose queue brings the
+        #: events it can match; this server evaluates the partitions `owns_partition` gives it
+        self.partitions = rule_partitions(settings)
+        self.queues = [rule_queue(names, r) for r in range(self.partitions)]
+        self.queue = self.queues[0]
+        self.owns_partition: Callable[[int], bool] = owns_partition or (lambda r: True)
+        #: partitions consumed here; of them, those whose state is restored (`_live`: the
+        #: evaluator acts on their automations) and those still to restore (`_fresh`)
+        self._consumers: dict[int, Any] = {}
+        self._live: set[int] = set()
+        self._fresh: set[int] = set()
+        self._restorers: dict[int, asyncio.Task[None]] = {}
         self.automations: dict[str, Automation] = {}
         self.evaluator = Evaluator(now=clock())
         self.runner = ActionRunner(
@@ -106,8 +140,7 @@ class AutomationsService(Management):
             outage_timeout=settings.database.unavailable_timeout_seconds,
         )
         self._lock = asyncio.Lock()
-        self._bound: set[str] = set()
-        self._consumer: Any = None
+        self._bound: dict[str, set[str]] = {queue: set() for queue in self.queues}
         self._timer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._sleeping_until: dt.datetime | None = None
@@ -130,7 +163,7 @@ class AutomationsService(Management):
         async with self.service.read_session() as session:
             rows = await store.load_automations(session)
             state = await store.load_state(session)
-        self.evaluator = Evaluator(now=now, state=state)
+        self.evaluator = self._evaluator(now, state)
         changes: dict[tuple[str, str], dict[str, Any] | None] = {}
         for row in rows:
             try:
@@ -158,17 +191,22 @@ class AutomationsService(Management):
             if firing is not None:
                 self._spawn(firing)
         await self._listen_for_announcements()
-        self._consumer = await self.broker.consume(
-            self.queue, self._on_message, prefetch=self.settings.automations.prefetch
-        )
+        # What start loaded is as stored: the partitions this server owns now are live at once.
+        self._live = {r for r in range(self.partitions) if self.owns_partition(r)}
+        await self.rebalance()
         self._timer = asyncio.create_task(self._timer_loop(), name="automations-timer")
-        log.debug("automations started", automations=len(self.automations), queue=self.queue)
+        log.debug("automations started", automations=len(self.automations), queues=self.queues,
+                  partitions=sorted(self._consumers))
 
     async def stop(self) -> None:
         self._running = False
-        if self._consumer is not None:
-            consumer, self._consumer = self._consumer, None
-            await consumer.cancel(grace=5.0)
+        for task in self._restorers.values():
+            task.cancel()
+        await asyncio.gather(*self._restorers.values(), return_exceptions=True)
+        self._restorers.clear()
+        consumers, self._consumers = self._consumers, {}
+        await asyncio.gather(*(c.cancel(grace=CANCEL_GRACE) for c in consumers.values()))
+        self._live.clear()
         if self._announcements is not None:
             announcements, self._announcements = self._announcements, None
             await announcements.cancel(grace=1.0)
@@ -183,35 +221,101 @@ class AutomationsService(Management):
         await asyncio.gather(*self._actions, return_exceptions=True)
         await self._flush_counters()
 
-    def _queue_spec(self, single_active: bool = True) -> QueueSpec:
+    def _queue_spec(self, queue: str, single_active: bool = True) -> QueueSpec:
         return QueueSpec(
-            self.queue, quorum=True, delivery_limit=self.settings.broker.delivery_limit,
+            queue, quorum=True, delivery_limit=self.settings.broker.delivery_limit,
             dead_letter_exchange=self.names.dlx, single_active_consumer=single_active,
         )
 
     async def _declare_queue(self) -> None:
-        try:
-            await self.broker.declare_queue(self._queue_spec())
-        except TopologyError as exc:
-            # Declared by an earlier version without single-active-consumer: keep it (fine for
-            # one server), say how to get replicas right.
-            log.warning(
-                "keeping the rule engine's queue as it was declared (not single-active-consumer); "
-                "delete it while no server runs before running several servers", queue=self.queue,
-                error=str(exc),
-            )
-            await self.broker.declare_queue(self._queue_spec(single_active=False))
+        for queue in self.queues:
+            try:
+                await self.broker.declare_queue(self._queue_spec(queue))
+            except TopologyError as exc:
+                # Declared by an earlier version without single-active-consumer: keep it (fine
+                # for one server), say how to get replicas right.
+                log.warning(
+                    "keeping the rule engine's queue as it was declared (not single-active-consumer); "
+                    "delete it while no server runs before running several servers", queue=queue,
+                    error=str(exc),
+                )
+                await self.broker.declare_queue(self._queue_spec(queue, single_active=False))
+
+    def _partition_of(self, name: str) -> int:
+        return rule_partition(name, self.partitions)
+
+    def _owns_automation(self, name: str) -> bool:
+        return self._partition_of(name) in self._live
+
+    def _evaluator(self, now: dt.datetime, state: Any) -> Evaluator:
+        evaluator = Evaluator(now=now, state=state)
+        evaluator.owns = self._owns_automation
+        return evaluator
 
     async def _sync_bindings(self) -> None:
-        """Bind the queue to what the enabled automations can match (bindings are only added:
-        an extra binding costs a few ignored messages, never a lost one)."""
-        keys = routing_keys(a for a in self.automations.values())
-        new = sorted(keys - self._bound)
-        if new:
-            await self.broker.declare_topology(
-                Topology(bindings=tuple(Binding(self.queue, self.names.events, k) for k in new))
+        """Bind each partition's queue to what its enabled automations can match (bindings are
+        only added: an extra binding costs a few ignored messages, never a lost one)."""
+        bindings = []
+        for r, queue in enumerate(self.queues):
+            mine = (a for a in self.automations.values() if self._partition_of(a.name) == r)
+            new = sorted(routing_keys(mine) - self._bound[queue])
+            bindings += [Binding(queue, self.names.events, k) for k in new]
+        if bindings:
+            await self.broker.declare_topology(Topology(bindings=tuple(bindings)))
+            for binding in bindings:
+                self._bound[binding.queue].add(binding.routing_key)
+
+    # --- partitions -------------------------------------------------------------------------------
+    async def rebalance(self) -> None:
+        """Consume the queues of the rule partitions this server owns now, and only those. A
+        partition taken over is restored from the database (its state as the previous owner
+        committed it) at its first delivery — the queue is single-active-consumer, so that
+        comes once the previous owner's consumer is gone and its last event committed — or
+        `CANCEL_GRACE` seconds later if no event comes first (its timers: windows, proactive
+        triggers). A partition given up is no longer evaluated here, its timers included."""
+        if not self._running:
+            return
+        owned = {r for r in range(self.partitions) if self.owns_partition(r)}
+        for r in sorted(set(self._consumers) - owned):
+            consumer = self._consumers.pop(r)
+            self._live.discard(r)
+            self._fresh.discard(r)
+            task = self._restorers.pop(r, None)
+            if task is not None:
+                task.cancel()
+            await consumer.cancel(grace=CANCEL_GRACE)
+            log.info("rule partition given up", partition=r, queue=self.queues[r])
+        for r in sorted(owned - set(self._consumers)):
+            if r not in self._live:
+                self._fresh.add(r)
+                self._restorers[r] = asyncio.create_task(
+                    self._restore_later(r), name=f"automations-restore-{r}"
+                )
+            self._consumers[r] = await self.broker.consume(
+                self.queues[r], functools.partial(self._on_message, partition=r),
+                prefetch=self.settings.automations.prefetch,
             )
-            self._bound |= set(new)
+            log.info("rule partition taken", partition=r, queue=self.queues[r])
+        self._reschedule()
+
+    async def _restore_later(self, partition: int) -> None:
+        await asyncio.sleep(CANCEL_GRACE)
+        async with self._lock:
+            if partition in self._fresh:
+                await self._restore(partition)
+        self._restorers.pop(partition, None)
+
+    async def _restore(self, partition: int) -> None:
+        """Reload partition `partition`'s automations with their stored state. Hold the lock."""
+        async with self.service.read_session() as session:
+            state = await store.load_state(session)
+        mine = [a for name, a in self.automations.items() if self._partition_of(name) == partition]
+        self._live.add(partition)
+        self._fresh.discard(partition)
+        outcome = self.evaluator.restore(mine, state, self.clock())
+        if outcome.state:
+            await self.service.write(lambda s: store.apply_state(s, outcome.state), events=False)
+        self._reschedule()
 
     async def _load_configured(self) -> None:
         deployments = await self.service.read_deployments()
@@ -227,7 +331,7 @@ class AutomationsService(Management):
         await self._install([(item.automation, item.source) for item in loaded])
 
     # --- events -----------------------------------------------------------------------------------
-    async def _on_message(self, message: IncomingMessage) -> None:
+    async def _on_message(self, message: IncomingMessage, partition: int = 0) -> None:
         if message.routing_key.startswith("dispatch."):  # work for pools, not an event
             await message.ack()
             return
@@ -238,16 +342,23 @@ class AutomationsService(Management):
                     self._active = True
             await self._sync_bindings()
             self._reschedule()
+        if partition in self._fresh:  # the first delivery of a partition taken over
+            async with self._lock:
+                if partition in self._fresh:
+                    await self._restore(partition)
         try:
             event = Event.model_validate_json(message.body).model_dump(mode="json")
         except (pydantic.ValidationError, ValueError) as exc:
-            await self._dead_letter(message, f"not a flowrelay event: {_first_line(exc)}")
+            await self._dead_letter(message, f"not a flowrelay event: {_first_line(exc)}", partition)
             return
         self.evaluated += 1
         try:
             async with self._lock:
                 now = self.clock()
-                outcome = self.evaluator.evaluate(event, now)
+                outcome = self.evaluator.evaluate(
+                    event, now, only=(lambda name: self._partition_of(name) == partition)
+                    if self.partitions > 1 else None,
+                )
                 written = None
                 if outcome.matched or outcome.errors:  # most events match nothing: no more work
                     self._count(outcome, event, now)
@@ -256,7 +367,7 @@ class AutomationsService(Management):
                     written = self._submit(outcome)
         except Exception as exc:  # a rule that cannot evaluate this event: keep it, with the reason
             log.exception("rule evaluation failed", event_id=event.get("id"), event=event.get("event"))
-            await self._dead_letter(message, f"rule evaluation failed: {type(exc).__name__}: {exc}")
+            await self._dead_letter(message, f"rule evaluation failed: {type(exc).__name__}: {exc}", partition)
             return
         try:
             new = await written if written is not None else []
@@ -352,12 +463,13 @@ class AutomationsService(Management):
             resource=_resource(firing.automation), related=related, payload=payload,
         )
 
-    async def _dead_letter(self, message: IncomingMessage, reason: str) -> None:
+    async def _dead_letter(self, message: IncomingMessage, reason: str, partition: int = 0) -> None:
         """Copy the message to the dead-letter exchange with the reason, then drop it here."""
         self.dead_lettered += 1
+        queue = self.queues[partition]
         headers = dict(message.headers)
         headers[REASON_HEADER] = reason[:1000]
-        headers["x-flowrelay-queue"] = self.queue
+        headers["x-flowrelay-queue"] = queue
         try:
             await self.broker.publish(
                 self.names.dlx, message.routing_key, message.body, headers=headers,
@@ -365,10 +477,10 @@ class AutomationsService(Management):
                 mandatory=False,
             )
         except Exception:
-            log.exception("could not dead-letter with a reason; rejecting instead", queue=self.queue)
+            log.exception("could not dead-letter with a reason; rejecting instead", queue=queue)
             await message.reject()
             return
-        log.warning("event dead-lettered", queue=self.queue, reason=reason, routing_key=message.routing_key)
+        log.warning("event dead-lettered", queue=queue, reason=reason, routing_key=message.routing_key)
         await message.ack()
 
     # --- timers -----------------------------------------------------------------------------------

@@ -141,6 +141,11 @@ class AutomationsSettings(_Section):
     webhook_allow_hosts: list[str] = Field(default_factory=list)
     #: The longest an action may take (run-deployment, webhook ...), in seconds.
     action_timeout_seconds: float = Field(default=30.0, gt=0)
+    #: Rule partitions: the automations are split by name into this many, each with its own
+    #: queue, evaluated by one server at a time and spread over the servers (several servers on
+    #: PostgreSQL). 0: 8 on PostgreSQL, 1 on SQLite (one server). Every server of a database
+    #: must use the same number.
+    partitions: int = Field(default=0, ge=0, le=16)
 
 
 class ApiTokens(_Section):

@@ -27,7 +27,7 @@ from engine.scheduler.service import SCHEDULER_COMMANDS, Scheduler
 from engine.schemas import Event
 from engine.server.commands import CommandTable
 from engine.server.heartbeats import HeartbeatMonitor
-from engine.server.leases import LeaseKeeper
+from engine.server.leases import PARTITIONS, LeaseKeeper
 from engine.server.relay import DISPATCH_PREFIX, OutboxRelay
 from engine.server.timers import DispatchTimer
 from engine.service import EngineService
@@ -68,12 +68,11 @@ class Server:
             ),
             unavailable_timeout=settings.database.unavailable_timeout_seconds,
         )
-        #: its share of the work no request owns (`engine.server.leases`); SQLite and the
-        #: embedded mode run one server, which takes it all at start
+        #: its share of the work no request owns (`engine.server.leases`); SQLite runs one
+        #: server, which takes it all at start
         self.leases = LeaseKeeper(
             self.service, lease_seconds=settings.server.lease_seconds,
-            single=not settings.database.url.startswith("postgresql")
-            or settings.broker.url.startswith("memory://"),
+            single=not settings.database.url.startswith("postgresql"),
             on_change=self._on_leases,
         )
         self._own_broker = broker is None
@@ -102,7 +101,9 @@ class Server:
         if settings.automations.enabled:
             from automations.service import AUTOMATION_COMMANDS, AutomationsService
 
-            self.automations = AutomationsService(self.service, self.broker, self.names, settings)
+            self.automations = AutomationsService(
+                self.service, self.broker, self.names, settings, owns_partition=self._owns_rules,
+            )
             self.commands.add_service(self.automations, AUTOMATION_COMMANDS)
         self.rpc: RpcServer | None = None
         #: called with every event published (the HTTP API's stream and metrics): by this
@@ -254,6 +255,12 @@ class Server:
         for listener in self.published_listeners:
             listener(event, message.routing_key)
 
+    def _owns_rules(self, partition: int) -> bool:
+        """Whether this server evaluates rule partition `partition`: it owns the lease partition
+        it maps to (spread evenly over the 64, so that servers' shares hold some of each)."""
+        assert self.automations is not None
+        return self.leases.owns_partition(partition * PARTITIONS // self.automations.partitions)
+
     async def _on_leases(self, tick: Tick) -> None:
         """The partitions this server owns changed, or a server died, or this one is back from
         an outage: take over what is now this server's."""
@@ -264,6 +271,10 @@ class Server:
         # (also back from an outage: a deployment changed while its lease was not valid here
         # was let go, and is followed again now)
         self.scheduler.rebalance()
+        if self.automations is not None:
+            await self.automations.rebalance()
+        if not tick.owned:
+            return
         loaded = await self.timer.load(self.leases.owns)
         redispatched = await self.redispatch_lost()
         log.info("took over", server_id=self.service.server_id, gained=len(tick.gained),

@@ -89,6 +89,10 @@ class LeaseKeeper:
         """Whether this server's leases are still valid by its own clock."""
         return time.monotonic() < self._valid_until
 
+    def owns_partition(self, partition: int) -> bool:
+        """Whether this server owns partition `partition` (of `partitions`) now."""
+        return self.valid() and partition in self.owned
+
     def owns(self, key: str | uuid.UUID) -> bool:
         """Whether this server owns the partition of `key` now (a run id or deployment name)."""
         return self.valid() and partition_of(key, self.partitions) in self.owned
@@ -144,10 +148,10 @@ class LeaseKeeper:
             log.info("partitions given back for another server", server_id=self.server_id,
                      released=len(result.released), live_servers=len(result.live))
         changed = result.gained or result.died or result.adopted or lost or result.released
-        if self.on_change is not None and (changed or recovered):
-            await self.on_change(Tick(owned=result.owned, live=result.live, died=result.died,
-                                      adopted=result.adopted, gained=result.gained, lost=lost,
-                                      released=result.released))
+        if changed or recovered:
+            await self._changed(Tick(owned=result.owned, live=result.live, died=result.died,
+                                     adopted=result.adopted, gained=result.gained, lost=lost,
+                                     released=result.released))
         return result
 
     async def _run(self) -> None:
@@ -165,6 +169,24 @@ class LeaseKeeper:
                 log.warning("renewing this server's leases failed; retrying",
                             server_id=self.server_id, valid=self.valid(),
                             error=f"{type(exc).__name__}: {exc}")
+                if not self.valid() and self.owned:  # let go of everything until renewed
+                    lost, self.owned = sorted(self.owned), {}
+                    log.warning("this server's leases ran out: it acts on no partition until "
+                                "it renews them", server_id=self.server_id, lost=len(lost))
+                    await self._changed(Tick(owned={}, live=self.live, died=[], adopted=0,
+                                             gained=[], lost=lost))
+
+    async def _changed(self, tick: Tick) -> None:
+        if self.on_change is None:
+            return
+        try:
+            await self.on_change(tick)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - taken up again after the next tick
+            self._failing = True  # the next successful tick hands the change over again
+            log.warning("could not take over what the lease change gave this server",
+                        server_id=self.server_id, error=f"{type(exc).__name__}: {exc}")
 
 
 __all__ = ["PARTITIONS", "LeaseKeeper", "Tick", "partition_of"]
