@@ -70,6 +70,7 @@ def _delete_topology(prefix: str, pool: str) -> None:
     """Remove the benchmark's own durable exchanges and queues."""
     import asyncio
 
+    from automations.service import rule_queue
     from engine.broker import from_url
     from engine.broker.topology import Names
 
@@ -77,7 +78,7 @@ def _delete_topology(prefix: str, pool: str) -> None:
 
     async def main() -> None:
         async with from_url(AMQP, connection_name="flowrelay-bench-cleanup") as broker:
-            for queue in (names.commands, names.dead, names.subscription("automations"),
+            for queue in (names.commands, names.dead, *(rule_queue(names, r) for r in range(16)),
                           names.pool(pool), names.pool("default")):
                 with contextlib.suppress(Exception):
                     await broker.delete_queue(queue)

@@ -161,6 +161,7 @@ def _delete_topology(url: str, prefix: str, pools: list[str]) -> None:
     """Remove the test's own exchanges and queues (they are durable: they would pile up)."""
     import asyncio
 
+    from automations.service import rule_queue
     from engine.broker import from_url
     from engine.broker.topology import Names
 
@@ -168,7 +169,7 @@ def _delete_topology(url: str, prefix: str, pools: list[str]) -> None:
 
     async def main() -> None:
         async with from_url(url, connection_name="flowrelay-test-cleanup") as broker:
-            for queue in [names.commands, names.dead, names.subscription("automations"),
+            for queue in [names.commands, names.dead, *(rule_queue(names, r) for r in range(16)),
                           *(names.pool(p) for p in pools)]:
                 try:
                     await broker.delete_queue(queue)
