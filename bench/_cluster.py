@@ -17,7 +17,10 @@ AMQP = os.environ.get("FLOWRELAY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5
 
 
 @contextlib.contextmanager
-def cluster(pool: str, *, workers: int = 1, concurrency: int = 8, extra_env: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
+def cluster(pool: str, *, workers: int = 1, concurrency: int = 8, extra_env: dict[str, str] | None = None,
+            servers: int = 1) -> Iterator[dict[str, str]]:
+    """`servers` servers (several need a PostgreSQL `FLOWRELAY_DATABASE__URL` in `extra_env`) and
+    `workers` workers; the environment names their pids (`_BENCH_SERVER_PIDS`, comma-separated)."""
     tmp = Path(tempfile.mkdtemp(prefix="flowrelay-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWRELAY_")}
     env.update({
@@ -39,18 +42,20 @@ def cluster(pool: str, *, workers: int = 1, concurrency: int = 8, extra_env: dic
                                       stderr=subprocess.STDOUT, start_new_session=True))
 
     try:
-        spawn("server")
-        deadline = time.monotonic() + 30
-        while subprocess.run([FLOWRELAY, "flow-run", "ls", "--json"], env=env, cwd=tmp,
-                             capture_output=True).returncode != 0:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start; see {tmp}")
-            time.sleep(0.3)
+        for _ in range(servers):
+            spawn("server")
+            deadline = time.monotonic() + 30
+            while subprocess.run([FLOWRELAY, "flow-run", "ls", "--json"], env=env, cwd=tmp,
+                                 capture_output=True).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"server did not start; see {tmp}")
+                time.sleep(0.3)
         for _ in range(workers):
             spawn("worker", "--pool", pool, "--concurrency", str(concurrency))
         env["_BENCH_DIR"] = str(tmp)
         env["_BENCH_SERVER_PID"] = str(procs[0].pid)
-        env["_BENCH_WORKER_PID"] = str(procs[1].pid) if workers else "0"
+        env["_BENCH_SERVER_PIDS"] = ",".join(str(p.pid) for p in procs[:servers])
+        env["_BENCH_WORKER_PID"] = str(procs[servers].pid) if workers else "0"
         yield env
     finally:
         for proc in procs:

@@ -34,7 +34,12 @@
     clock on a shared machine. cost(10,000)/cost(10) is the ratio of those costs.
 
     .venv/bin/python bench/automations.py [--chains 200] [--events 30000] [--counts 10,1000,10000]
-                                          [--json bench/results/automations.json]
+                                          [--servers 1] [--postgres] [--json bench/results/automations.json]
+
+Several servers (`--servers 2`) share the rule partitions (8, on a fresh PostgreSQL database at
+$FLOWRELAY_BENCH_POSTGRES_URL, as `bench/cluster.py`): all of them are stopped for the backlog
+and continued together; the drain ends when every partition's queue is empty and a0's last match
+is counted; the CPU is every server's. (The chain figures' CPU counts the first server only.)
 """
 
 from __future__ import annotations
@@ -147,10 +152,18 @@ ROUND_CLIENT = textwrap.dedent("""
     from engine.runtime import embedded
     from bench._cpu import snapshot
 
+    from automations.service import rule_queue
+
     warm_file, events_file, expected_warm, expected = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    server, worker = int(os.environ["_BENCH_SERVER_PID"]), int(os.environ["_BENCH_WORKER_PID"])
+    servers = [int(p) for p in os.environ["_BENCH_SERVER_PIDS"].split(",")]
+    worker = int(os.environ["_BENCH_WORKER_PID"])
     names = Names()
-    queue_name = names.subscription("automations")
+    queue_names = [rule_queue(names, r) for r in range(int(os.environ["_BENCH_RULE_PARTITIONS"]))]
+
+    def cpu():
+        # every server's CPU (and RabbitMQ's, counted once)
+        snaps = [snapshot(pid, worker) for pid in servers]
+        return {"server": sum(s["server"] for s in snaps), "rabbitmq": snaps[0]["rabbitmq"]}
 
     async def matched():
         api = await automations_client()
@@ -164,9 +177,10 @@ ROUND_CLIENT = textwrap.dedent("""
 
     async def drained(target, channel, deadline):
         # The queue first (no cost to the server), then the live counter of a0.
-        while (await channel.declare_queue(queue_name, passive=True)).declaration_result.message_count:
-            await asyncio.sleep(0.05)
-            assert time.monotonic() < deadline, "the backlog did not drain in time"
+        for queue_name in queue_names:
+            while (await channel.declare_queue(queue_name, passive=True)).declaration_result.message_count:
+                await asyncio.sleep(0.05)
+                assert time.monotonic() < deadline, "the backlog did not drain in time"
         while await embedded.call(lambda api: matched()) < target:
             await asyncio.sleep(0.01)
             assert time.monotonic() < deadline, "the last event was not evaluated in time"
@@ -178,16 +192,18 @@ ROUND_CLIENT = textwrap.dedent("""
         base = await embedded.call(lambda api: matched())
         publish(warm_file)
         await drained(base + expected_warm, channel, time.monotonic() + 120)
-        before = snapshot(server, worker)
-        os.kill(server, signal.SIGSTOP)
+        before = cpu()
+        for server in servers:
+            os.kill(server, signal.SIGSTOP)
         try:
             published = publish(events_file)
         finally:
-            cpu0 = snapshot(server, worker)
+            cpu0 = cpu()
             t0 = time.perf_counter()
-            os.kill(server, signal.SIGCONT)
+            for server in servers:
+                os.kill(server, signal.SIGCONT)
         t1 = await drained(base + expected_warm + expected, channel, time.monotonic() + 600)
-        cpu1 = snapshot(server, worker)
+        cpu1 = cpu()
         await connection.close()
         print(json.dumps({"seconds": t1 - t0, "publish_seconds": published["seconds"],
                           "server_cpu_seconds": cpu1["server"] - cpu0["server"],
@@ -345,13 +361,15 @@ def run_rounds(env: dict[str, str], counts: list[int], events: int, match_every:
 def delete_subscription(prefix: str) -> None:
     import asyncio
 
+    from automations.service import rule_queue
     from engine.broker import from_url
     from engine.broker.topology import Names
 
     async def main() -> None:
         async with from_url(AMQP, connection_name="flowrelay-bench-cleanup") as broker:
-            with contextlib.suppress(Exception):
-                await broker.delete_queue(Names(prefix).subscription("automations"))
+            for r in range(16):
+                with contextlib.suppress(Exception):
+                    await broker.delete_queue(rule_queue(Names(prefix), r))
 
     asyncio.run(main())
 
@@ -393,25 +411,11 @@ def print_throughput(result: dict) -> None:
               f"{TARGETS['events_per_second']}")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--chains", type=int, default=200)
-    parser.add_argument("--events", type=int, default=30_000)
-    parser.add_argument("--counts", default="10,1000,10000", help="automation counts, ascending")
-    parser.add_argument("--match-every", type=int, default=500, help="one event in N matches an automation")
-    parser.add_argument("--json", default=str(HERE / "results" / "automations.json"))
-    parser.add_argument("--publish", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.publish:
-        publish_main(args.publish)
-        return 0
-    counts = sorted(int(c) for c in args.counts.split(",") if c.strip())
-    pool = f"bench-{os.getpid()}"
-    work = Path(tempfile.mkdtemp(prefix="flowrelay-bench-automations-"))
-    result: dict = {"targets": TARGETS, "machine": {"cpus": os.cpu_count()}}
+def _measure(args: argparse.Namespace, counts: list[int], pool: str, work: Path, result: dict,
+             extra: dict[str, str]) -> None:
     prefix = ""
     try:
-        with cluster(pool, concurrency=8) as env:
+        with cluster(pool, concurrency=8, servers=args.servers, extra_env=extra) as env:
             prefix = env["FLOWRELAY_BROKER__PREFIX"]
             deploy(env, f"{HERE / 'flows.py'}:trivial", "bench", pool)
             if args.chains:
@@ -421,6 +425,37 @@ def main() -> int:
     finally:
         if prefix:
             delete_subscription(prefix)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--chains", type=int, default=200)
+    parser.add_argument("--events", type=int, default=30_000)
+    parser.add_argument("--counts", default="10,1000,10000", help="automation counts, ascending")
+    parser.add_argument("--match-every", type=int, default=500, help="one event in N matches an automation")
+    parser.add_argument("--json", default=str(HERE / "results" / "automations.json"))
+    parser.add_argument("--servers", type=int, default=1,
+                        help="servers sharing the rule partitions; above 1 the database is PostgreSQL")
+    parser.add_argument("--postgres", action="store_true",
+                        help="a fresh PostgreSQL database ($FLOWRELAY_BENCH_POSTGRES_URL) instead of SQLite")
+    parser.add_argument("--publish", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.publish:
+        publish_main(args.publish)
+        return 0
+    counts = sorted(int(c) for c in args.counts.split(",") if c.strip())
+    pool = f"bench-{os.getpid()}"
+    work = Path(tempfile.mkdtemp(prefix="flowrelay-bench-automations-"))
+    postgres = args.postgres or args.servers > 1
+    result: dict = {"targets": TARGETS, "machine": {"cpus": os.cpu_count()}, "servers": args.servers,
+                    "database": "postgresql" if postgres else "sqlite", "rule_partitions": 8 if postgres else 1}
+    with contextlib.ExitStack() as stack:
+        extra = {"_BENCH_RULE_PARTITIONS": str(result["rule_partitions"])}
+        if postgres:
+            from bench.cluster import database
+
+            extra["FLOWRELAY_DATABASE__URL"] = stack.enter_context(database())
+        _measure(args, counts, pool, work, result, extra)
     rounds = result.get("throughput", [])
     low, high = (rounds[0], rounds[-1]) if rounds else ({}, {})
     result["cost_ratio"] = {
