@@ -73,8 +73,11 @@ class Server:
         self.leases = LeaseKeeper(
             self.service, lease_seconds=settings.server.lease_seconds,
             single=not settings.database.url.startswith("postgresql"),
-            on_change=self._on_leases,
+            on_change=self._on_leases, on_tick=self._after_outage,
         )
+        #: how long the broker connection had lasted at the last look (shorter now, or down
+        #: then: it reconnected meanwhile); the first look counts as one (start looked already)
+        self._connected_for = float("inf")
         self._own_broker = broker is None
         self.broker: Broker = broker or from_url(settings.broker.url, connection_name="flowrelay-server")
         self.pools: set[str] = set()
@@ -280,6 +283,15 @@ class Server:
         log.info("took over", server_id=self.service.server_id, gained=len(tick.gained),
                  dead_servers=tick.died, due_runs=loaded, redispatched=redispatched,
                  adopted_events=tick.adopted)
+
+    async def _after_outage(self) -> None:
+        """After each lease renewal: if the broker connection came back since the last look (a
+        broker restart, a network cut), look for dispatches lost with it."""
+        connected_for, before = self.broker.connected_for(), self._connected_for
+        self._connected_for = connected_for
+        if self._started_work and connected_for > 0.0 and (before == 0.0 or connected_for < before):
+            log.info("broker connection is back: looking for lost dispatches")
+            await self.redispatch_lost()
 
     async def redispatch_lost(self) -> int:
         """Dispatch again the runs of this server's partitions whose dispatch message is gone:

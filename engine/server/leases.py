@@ -66,6 +66,7 @@ class LeaseKeeper:
         partitions: int = PARTITIONS,
         api_url: str | None = None,
         on_change: Callable[[Tick], Awaitable[None]] | None = None,
+        on_tick: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.service = service
         self.server_id: str = service.server_id
@@ -74,6 +75,8 @@ class LeaseKeeper:
         self.partitions = partitions
         self.api_url = api_url
         self.on_change = on_change
+        #: called after every renewal (`Server`: looks for a broker reconnect)
+        self.on_tick = on_tick
         #: partition -> fencing token, as of the last successful tick
         self.owned: dict[int, int] = {}
         self.live: list[str] = [self.server_id]
@@ -162,6 +165,8 @@ class LeaseKeeper:
             try:
                 async with asyncio.timeout(self.lease_seconds):
                     await self.tick()
+                if self.on_tick is not None:
+                    await self.on_tick()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - an outage: the lease runs out, others take over

@@ -108,3 +108,37 @@ async def test_a_first_dispatch_reaches_its_pool_although_a_queue_takes_every_ke
                 pass
             await asyncio.sleep(0.05)
         assert await server.broker.message_count(queue) == 1
+
+
+async def test_a_dispatch_lost_while_the_server_runs_is_found_after_a_broker_reconnect(
+    settings: Settings, tmp_path: Path
+) -> None:
+    flow_file = tmp_path / "f.py"
+    flow_file.write_text("from engine import flow\n@flow\ndef f():\n    return 1\n")
+    async with Server(settings, prefix=settings.broker.prefix) as server:
+        await server.service.register_deployment(
+            DeploymentSpec(name="d", flow_name="f", entrypoint=f"{flow_file}:f", work_pool="p")
+        )
+        await server.ensure_pool("p")
+        await server.service.create_deployment_run("f/d")
+        queue = server.names.pool("p")
+        for _ in range(100):
+            if await server.broker.message_count(queue) == 1:
+                break
+            await asyncio.sleep(0.05)
+        # Given its work message lost (purged here, as a broker restart can lose it)
+        assert await server.broker.purge(queue) == 1
+        await asyncio.sleep(TIMEOUT + 0.1)
+        # When, after a lease renewal, the broker connection is younger than at the last look
+        server._connected_for = server.broker.connected_for() + 3600  # noqa: SLF001
+        await server._after_outage()  # noqa: SLF001
+        # Then the run is dispatched again
+        assert server.redispatched == 1
+        for _ in range(100):
+            if await server.broker.message_count(queue) == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert await server.broker.message_count(queue) == 1
+        # and a renewal with no reconnect in between looks for nothing
+        await server._after_outage()  # noqa: SLF001
+        assert server.redispatched == 1
