@@ -28,7 +28,7 @@ from tests.faults.conftest import (
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres]
 
-CHAINS = 120
+CHAINS = 200  # the number
 OUTAGE = 10.0
 
 
