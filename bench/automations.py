@@ -34,12 +34,14 @@
     clock on a shared machine. cost(10,000)/cost(10) is the ratio of those costs.
 
     .venv/bin/python bench/automations.py [--chains 200] [--events 30000] [--counts 10,1000,10000]
-                                          [--servers 1] [--postgres] [--json bench/results/automations.json]
+                                          [--servers 1] [--postgres] [--partitions 1]
+                                          [--json bench/results/automations.json]
 
-Several servers (`--servers 2`) share the rule partitions (8, on a fresh PostgreSQL database at
-$FLOWRELAY_BENCH_POSTGRES_URL, as `bench/cluster.py`): all of them are stopped for the backlog
-and continued together; the drain ends when every partition's queue is empty and a0's last match
-is counted; the CPU is every server's. (The chain figures' CPU counts the first server only.)
+Several servers (`--servers 2`; `--partitions 8` to spread the rules over them) run on a fresh
+PostgreSQL database at $FLOWRELAY_BENCH_POSTGRES_URL (as `bench/cluster.py`): all of them are
+stopped for the backlog and continued together; the drain ends when every partition's queue is
+empty and a0's last match is counted; the CPU is every server's. (The chain figures' CPU counts
+the first server only.)
 """
 
 from __future__ import annotations
@@ -438,6 +440,8 @@ def main() -> int:
                         help="servers sharing the rule partitions; above 1 the database is PostgreSQL")
     parser.add_argument("--postgres", action="store_true",
                         help="a fresh PostgreSQL database ($FLOWRELAY_BENCH_POSTGRES_URL) instead of SQLite")
+    parser.add_argument("--partitions", type=int, default=0,
+                        help="rule partitions (automations.partitions, 1 by default; several need --postgres)")
     parser.add_argument("--publish", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.publish:
@@ -448,9 +452,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="flowrelay-bench-automations-"))
     postgres = args.postgres or args.servers > 1
     result: dict = {"targets": TARGETS, "machine": {"cpus": os.cpu_count()}, "servers": args.servers,
-                    "database": "postgresql" if postgres else "sqlite", "rule_partitions": 8 if postgres else 1}
+                    "database": "postgresql" if postgres else "sqlite",
+                    "rule_partitions": args.partitions or 1}
     with contextlib.ExitStack() as stack:
-        extra = {"_BENCH_RULE_PARTITIONS": str(result["rule_partitions"])}
+        extra = {"_BENCH_RULE_PARTITIONS": str(result["rule_partitions"]),
+                 "FLOWRELAY_AUTOMATIONS__PARTITIONS": str(result["rule_partitions"])}
         if postgres:
             from bench.cluster import database
 

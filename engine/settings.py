@@ -143,9 +143,10 @@ class AutomationsSettings(_Section):
     action_timeout_seconds: float = Field(default=30.0, gt=0)
     #: Rule partitions: the automations are split by name into this many, each with its own
     #: queue, evaluated by one server at a time and spread over the servers (several servers on
-    #: PostgreSQL). 0: 8 on PostgreSQL, 1 on SQLite (one server). Every server of a database
-    #: must use the same number.
-    partitions: int = Field(default=0, ge=0, le=16)
+    #: PostgreSQL; SQLite runs one). 1: one server evaluates every rule, the others stand by.
+    #: Each partition receives its own copy of an event its automations can match. Every
+    #: server of a database must use the same number.
+    partitions: int = Field(default=1, ge=1, le=16)
 
 
 class ApiTokens(_Section):

@@ -50,11 +50,14 @@ async def _shared(first: Server, second: Server) -> bool:
     return bool(mine) and bool(theirs) and not mine & theirs and len(mine | theirs) == PARTITIONS
 
 
-def test_the_default_is_one_partition_on_sqlite_and_eight_on_postgresql(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLOWRELAY_DATABASE__URL", "sqlite+aiosqlite:///x.db")
-    assert rule_partitions(load_settings()) == 1
+def test_one_partition_by_default_and_always_on_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLOWRELAY_AUTOMATIONS__PARTITIONS", raising=False)
     monkeypatch.setenv("FLOWRELAY_DATABASE__URL", "postgresql+asyncpg://u@h/db")
+    assert rule_partitions(load_settings()) == 1
+    monkeypatch.setenv("FLOWRELAY_AUTOMATIONS__PARTITIONS", "8")
     assert rule_partitions(load_settings()) == 8
+    monkeypatch.setenv("FLOWRELAY_DATABASE__URL", "sqlite+aiosqlite:///x.db")
+    assert rule_partitions(load_settings()) == 1  # one server
 
 
 async def test_two_servers_share_the_rule_partitions_and_each_rule_fires_once(settings: Any) -> None:

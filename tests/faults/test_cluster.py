@@ -9,7 +9,7 @@
    handed over within the lease + 2 s; publishes per outbox row at most 1.01 (only a kill between
    a broker's confirm and the mark in the database republishes a row); the join fires once per
    batch although its parts are published by different servers and the servers evaluating the
-   rule partitions (8, spread over the servers) are killed mid-join.
+   rule partitions (`automations.partitions: 8`, spread over the servers) are killed mid-join.
 
 The lease is 3 s here (the default is 10): takeover times scale with it.
 """
@@ -58,8 +58,9 @@ JOIN_RULES = """
 """
 
 
-def _env(c: FaultCluster, api: bool = False) -> dict[str, str]:
+def _env(c: FaultCluster, api: bool = False, partitions: int = 1) -> dict[str, str]:
     c.env["FLOWRELAY_SERVER__LEASE_SECONDS"] = str(LEASE)
+    c.env["FLOWRELAY_AUTOMATIONS__PARTITIONS"] = str(partitions)
     return {"FLOWRELAY_API__ENABLED": "true", "FLOWRELAY_API__PORT": str(free_port())} if api else {}
 
 
@@ -121,7 +122,7 @@ def test_three_servers_one_killed_five_times(pg_faults: FaultCluster) -> None:
     c = pg_faults
     rng = random.Random(300)
     # Given one server holding runs due soon in its dispatch timer, then two more servers
-    first = c.start_server(_env(c))
+    first = c.start_server(_env(c, partitions=8))
     tap = Tap(c.env["FLOWRELAY_BROKER__URL"], c.env["FLOWRELAY_BROKER__PREFIX"])  # every publish
     try:
         setup_chain(c)
