@@ -76,8 +76,8 @@ class Server:
             on_change=self._on_leases, on_tick=self._after_outage,
         )
         #: how long the broker connection had lasted at the last look (shorter now, or down
-        #: then: it reconnected meanwhile); the first look counts as one (start looked already)
-        self._connected_for = float("inf")
+        #: then: it reconnected meanwhile); set at start, which looked for lost dispatches
+        self._connected_for = 0.0
         self._own_broker = broker is None
         self.broker: Broker = broker or from_url(settings.broker.url, connection_name="flowrelay-server")
         self.pools: set[str] = set()
@@ -153,6 +153,7 @@ class Server:
         await self.timer.start(self.leases.owns)
         self._started_work = True
         await self.redispatch_lost()
+        self._connected_for = self.broker.connected_for()
         await self.heartbeats.start()
         if self.automations is not None:
             await self.automations.start()
@@ -268,7 +269,7 @@ class Server:
         """The partitions this server owns changed, or a server died, or this one is back from
         an outage: take over what is now this server's."""
         if tick.adopted:
-            self.relay.wake()  # a dead server's unsent rows are now this server's to publish
+            self.relay.adopted()  # a dead server's unsent rows are now this server's to publish
         if not self._started_work:
             return  # start loads everything after the first tick
         # (also back from an outage: a deployment changed while its lease was not valid here

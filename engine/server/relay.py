@@ -98,6 +98,12 @@ class OutboxRelay:
         self._read_outbox = True
         self._wake.set()
 
+    def adopted(self) -> None:
+        """Rows of a dead server became this server's (`engine.server.leases`): read them all,
+        its work dispatches staged for later included (held and published at their time)."""
+        self._read_held = True
+        self.wake()
+
     def offer(self, events: list[tuple[Event, str]]) -> None:
         """Publish these committed events (handed over by the service after its COMMIT)."""
         for event, routing_key in events:

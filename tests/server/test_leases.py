@@ -157,3 +157,70 @@ async def test_sqlite_runs_one_server_which_takes_everything_at_start(tmp_path: 
         assert [e.event for e, _ in rows] == ["left-by-a-crash"]
     finally:
         await second.close()
+
+
+@pytest.mark.postgres
+async def test_a_dead_servers_staged_dispatch_is_published_at_its_time_by_the_adopter(
+    postgres_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dispatch staged ahead of its time is an unsent outbox row its relay holds in memory: the
+    server that adopts the dead server's rows holds it too and publishes it at its time."""
+    import datetime as dt
+    import json
+    import uuid
+
+    from engine.broker import from_url
+    from engine.schemas import DeploymentSpec
+    from engine.server.app import Server
+    from engine.settings import load_settings
+    from engine.states import utcnow
+
+    monkeypatch.setenv("FLOWRELAY_DATABASE__URL", postgres_db)
+    monkeypatch.setenv("FLOWRELAY_BROKER__URL", f"memory://adopt-{uuid.uuid4().hex[:6]}")
+    monkeypatch.setenv("FLOWRELAY_SERVER__LEASE_SECONDS", "1")
+    monkeypatch.setenv("FLOWRELAY_SERVER__DISPATCH_AHEAD_SECONDS", "5")
+    monkeypatch.setenv("FLOWRELAY_API__ENABLED", "false")
+    settings = load_settings()
+    broker = from_url(settings.broker.url)
+    await broker.connect()
+    dead = Server(settings, broker=broker)
+    await dead.start()
+    survivor = Server(settings, broker=broker)
+    await survivor.start()
+    try:
+        await dead.service.register_deployment(DeploymentSpec(
+            name="d", flow_name="etl", entrypoint="flows/etl.py:etl", work_pool="staged"))
+        await dead.ensure_pool("staged")
+        inbox: list[float] = []
+
+        async def on(message: object) -> None:
+            assert json.loads(message.body)["payload"]["flow_run_id"]  # type: ignore[attr-defined]
+            inbox.append(utcnow().timestamp())
+            await message.ack()  # type: ignore[attr-defined]
+
+        await broker.consume(dead.names.pool("staged"), on, prefetch=10)
+        # Given a run due in 3 s, staged by the server that created it (its timer, its relay) ...
+        when = utcnow() + dt.timedelta(seconds=3)
+        run = await dead.service.create_deployment_run("etl/d", scheduled_time=when)
+        for _ in range(100):
+            if run.id not in {r for r, _ in await dead.service.due_runs()} and dead.relay._held:  # noqa: SLF001
+                break
+            await asyncio.sleep(0.05)
+        assert dead.relay._held  # noqa: SLF001 - staged: an unsent row held in memory
+        # ... which then dies without a word (its tasks stop; no lease given back)
+        for part in (dead.leases, dead.relay, dead.timer, dead.scheduler, dead.heartbeats):
+            task = part._task  # noqa: SLF001
+            if task is not None:
+                task.cancel()
+        # Then the survivor adopts the row and publishes it at its time, once
+        for _ in range(120):
+            if inbox:
+                break
+            await asyncio.sleep(0.05)
+        assert survivor.leases.adopted >= 1
+        assert len(inbox) == 1 and inbox[0] >= when.timestamp() - 0.05
+        assert inbox[0] - when.timestamp() < 1.0, inbox[0] - when.timestamp()
+    finally:
+        await survivor.stop()
+        await dead.stop()  # (its connections; its tasks are stopped already)
+        await broker.close()
