@@ -341,6 +341,8 @@ class Tap:
         self.url, self.exchange = amqp_url, Names(prefix).events
         self.prefix = prefix
         self.messages: list[tuple[str, str]] = []
+        #: run id -> when the tap first received its work dispatch (time.time())
+        self.dispatched: dict[str, float] = {}
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -360,6 +362,9 @@ class Tap:
 
             async def take(message: Any) -> None:
                 self.messages.append((str(message.message_id), message.routing_key))
+                if message.routing_key.startswith("dispatch."):
+                    run_id = json.loads(message.body).get("payload", {}).get("flow_run_id")
+                    self.dispatched.setdefault(str(run_id), time.time())
 
             consumer = await broker.consume(queue, take, auto_ack=True)
             self._ready.set()
