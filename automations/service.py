@@ -125,7 +125,6 @@ class AutomationsService(Management):
         #: events it can match; this server evaluates the partitions `owns_partition` gives it
         self.partitions = rule_partitions(settings)
         self.queues = [rule_queue(names, r) for r in range(self.partitions)]
-        self.queue = self.queues[0]
         self.owns_partition: Callable[[int], bool] = owns_partition or (lambda r: True)
         #: partitions consumed here; of them, those whose state is restored (`_live`: the
         #: evaluator acts on their automations) and those still to restore (`_fresh`)
@@ -310,9 +309,9 @@ class AutomationsService(Management):
 
     async def _restore(self, partition: int) -> None:
         """Reload partition `partition`'s automations with their stored state. Hold the lock."""
-        async with self.service.read_session() as session:
-            state = await store.load_state(session)
         mine = [a for name, a in self.automations.items() if self._partition_of(name) == partition]
+        async with self.service.read_session() as session:
+            state = await store.load_state(session, [a.name for a in mine])
         self._live.add(partition)
         self._fresh.discard(partition)
         outcome = self.evaluator.restore(mine, state, self.clock())

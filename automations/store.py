@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, exists, select, update
@@ -107,8 +107,14 @@ async def delete_automation(session: AsyncSession, name: str) -> None:
     await session.execute(delete(AutomationRow).where(AutomationRow.name == name))
 
 
-async def load_state(session: AsyncSession) -> dict[tuple[str, str], dict[str, Any]]:
-    rows = await session.scalars(select(AutomationStateRow))
+async def load_state(
+    session: AsyncSession, names: Collection[str] | None = None
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The stored trigger state rows (only those of automations `names`, if given)."""
+    query = select(AutomationStateRow)
+    if names is not None:
+        query = query.where(AutomationStateRow.automation.in_(list(names)))
+    rows = await session.scalars(query)
     return {(row.automation, row.key): row.state for row in rows}
 
 

@@ -107,9 +107,9 @@ async def tick(
     died = sorted(sid for sid, lease in servers if lease <= now and sid != server_id)
     if take_all:  # the only server: any other row is a predecessor's that crashed
         died, live = sorted(set(died) | set(live) - {server_id}), [server_id]
-        await session.execute(delete(ServerRow).where(ServerRow.id.in_(died)))
-    if died and not take_all:
-        await session.execute(delete(ServerRow).where(ServerRow.id.in_(died), ServerRow.lease_until <= now))
+    if died:
+        gone = delete(ServerRow).where(ServerRow.id.in_(died))
+        await session.execute(gone if take_all else gone.where(ServerRow.lease_until <= now))
     adopted = await session.execute(
         update(EventRow)
         .where(EventRow.sent_at.is_(None), or_(EventRow.writer.is_(None), EventRow.writer.not_in(live)))
@@ -156,7 +156,7 @@ async def leave(session: AsyncSession, server_id: str) -> None:
 
 
 async def live_servers(session: AsyncSession) -> list[dict[str, object]]:
-    """Live servers with the partitions they own (for `flowrelay server ls` and /metrics)."""
+    """Live servers with the partitions they own (for /metrics)."""
     now = await db_now(session)
     servers = (await session.execute(
         select(ServerRow).where(ServerRow.lease_until > now).order_by(ServerRow.started)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.broker.errors import TopologyError
 from engine.schemas import DeploymentSpec
 from engine.server.app import Server
 from engine.settings import Settings, load_settings
@@ -33,21 +34,34 @@ def settings(tmp_path: Path, amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> 
     _delete_topology(amqp_url, prefix, ["p"])
 
 
-async def _one_dispatched_run(settings: Settings, tmp_path: Path) -> str:
+async def _deploy(server: Server, tmp_path: Path) -> None:
+    """Deployment `f/d` of a trivial flow on pool `p` (its queue not declared yet)."""
     flow_file = tmp_path / "f.py"
     flow_file.write_text("from engine import flow\n@flow\ndef f():\n    return 1\n")
-    async with Server(settings, prefix=settings.broker.prefix) as server:
-        await server.service.register_deployment(
-            DeploymentSpec(name="d", flow_name="f", entrypoint=f"{flow_file}:f", work_pool="p")
-        )
-        await server.ensure_pool("p")
-        run = await server.service.create_deployment_run("f/d")
-        queue = server.names.pool("p")
-        for _ in range(100):  # published (no worker takes it)
+    await server.service.register_deployment(
+        DeploymentSpec(name="d", flow_name="f", entrypoint=f"{flow_file}:f", work_pool="p")
+    )
+
+
+async def _holds_one(server: Server) -> None:
+    """Pool `p`'s queue comes to hold one work message (a queue not declared yet holds none)."""
+    queue = server.names.pool("p")
+    for _ in range(100):
+        try:
             if await server.broker.message_count(queue) == 1:
                 break
-            await asyncio.sleep(0.05)
-        assert await server.broker.message_count(queue) == 1
+        except TopologyError:
+            pass
+        await asyncio.sleep(0.05)
+    assert await server.broker.message_count(queue) == 1
+
+
+async def _one_dispatched_run(settings: Settings, tmp_path: Path) -> str:
+    async with Server(settings, prefix=settings.broker.prefix) as server:
+        await _deploy(server, tmp_path)
+        await server.ensure_pool("p")
+        run = await server.service.create_deployment_run("f/d")
+        await _holds_one(server)  # published (no worker takes it)
     return str(run.id)
 
 
@@ -63,12 +77,7 @@ async def test_a_run_whose_dispatch_message_is_gone_is_dispatched_again_at_start
     async with Server(settings, prefix=settings.broker.prefix) as server:
         # Then the run is dispatched again: its work message is back in the pool's queue
         assert server.redispatched == 1
-        queue = server.names.pool("p")
-        for _ in range(100):
-            if await server.broker.message_count(queue) == 1:
-                break
-            await asyncio.sleep(0.05)
-        assert await server.broker.message_count(queue) == 1
+        await _holds_one(server)
         run = await server.service.read_flow_run(uuid.UUID(run_id))
         assert run.state is not None and run.state.name == "Scheduled"
 
@@ -90,55 +99,31 @@ async def test_a_first_dispatch_reaches_its_pool_although_a_queue_takes_every_ke
     every event, the API feed of several servers): the relay declares the pool's queue first."""
     from engine.broker.topology import QueueSpec
 
-    flow_file = tmp_path / "f.py"
-    flow_file.write_text("from engine import flow\n@flow\ndef f():\n    return 1\n")
     async with Server(settings, prefix=settings.broker.prefix) as server:
         everything = await server.broker.declare_queue(QueueSpec.temporary(prefix=f"{settings.broker.prefix}.all"))
         await server.broker.bind(everything, server.names.events, "#")
-        await server.service.register_deployment(
-            DeploymentSpec(name="d", flow_name="f", entrypoint=f"{flow_file}:f", work_pool="p")
-        )
+        await _deploy(server, tmp_path)
         await server.service.create_deployment_run("f/d")  # no pool queue declared yet
-        queue = server.names.pool("p")
-        for _ in range(100):
-            try:
-                if await server.broker.message_count(queue) == 1:
-                    break
-            except Exception:  # noqa: BLE001 - not declared yet
-                pass
-            await asyncio.sleep(0.05)
-        assert await server.broker.message_count(queue) == 1
+        await _holds_one(server)
 
 
 async def test_a_dispatch_lost_while_the_server_runs_is_found_after_a_broker_reconnect(
     settings: Settings, tmp_path: Path
 ) -> None:
-    flow_file = tmp_path / "f.py"
-    flow_file.write_text("from engine import flow\n@flow\ndef f():\n    return 1\n")
     async with Server(settings, prefix=settings.broker.prefix) as server:
-        await server.service.register_deployment(
-            DeploymentSpec(name="d", flow_name="f", entrypoint=f"{flow_file}:f", work_pool="p")
-        )
+        await _deploy(server, tmp_path)
         await server.ensure_pool("p")
         await server.service.create_deployment_run("f/d")
-        queue = server.names.pool("p")
-        for _ in range(100):
-            if await server.broker.message_count(queue) == 1:
-                break
-            await asyncio.sleep(0.05)
+        await _holds_one(server)
         # Given its work message lost (purged here, as a broker restart can lose it)
-        assert await server.broker.purge(queue) == 1
+        assert await server.broker.purge(server.names.pool("p")) == 1
         await asyncio.sleep(TIMEOUT + 0.1)
         # When, after a lease renewal, the broker connection is younger than at the last look
         server._connected_for = server.broker.connected_for() + 3600  # noqa: SLF001
         await server._after_outage()  # noqa: SLF001
         # Then the run is dispatched again
         assert server.redispatched == 1
-        for _ in range(100):
-            if await server.broker.message_count(queue) == 1:
-                break
-            await asyncio.sleep(0.05)
-        assert await server.broker.message_count(queue) == 1
+        await _holds_one(server)
         # and a renewal with no reconnect in between looks for nothing
         await server._after_outage()  # noqa: SLF001
         assert server.redispatched == 1
