@@ -52,6 +52,12 @@ class EntrypointError(FlowrelayError):
     pass
 
 
+class CodeError(FlowrelayError, ValueError):
+    """Deployed code that cannot be stored, fetched or run as recorded: a bundle whose bytes do
+    not match its hash, one over the size limit, or an installed distribution of another version
+    than the deployment's (`engine.code`)."""
+
+
 class InvalidTransition(FlowrelayError):
     pass
 

@@ -16,6 +16,7 @@ import uuid
 from typing import Any, Protocol
 
 from engine.schemas import (
+    CodeChunk,
     Deployment,
     DeploymentSpec,
     Event,
@@ -132,6 +133,17 @@ class EngineAPI(Protocol):
     ) -> FlowRun:
         """A run of the latest version of the deployment, dispatched to its pool when due.
         `id`: as for `create_flow_run`."""
+        ...
+
+    # --- code bundles (engine/code) ---------------------------------------------------------
+    async def has_code_bundle(self, hash: str) -> bool: ...
+
+    async def store_code_bundle(self, hash: str, data: str) -> int:
+        """Store a bundle (base64 `data`), verified against its hash; its size."""
+        ...
+
+    async def read_code_bundle(self, hash: str, offset: int = 0, limit: int = 512 * 1024) -> CodeChunk:
+        """Up to `limit` bytes of bundle `hash` from `offset`, base64."""
         ...
 
     # Server-side (the scheduler's timer and the heartbeat monitor), not for flow code.

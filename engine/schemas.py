@@ -184,6 +184,11 @@ class _DeploymentFields(BaseModel):
     description: str | None = None
     concurrency_limit: int | None = Field(None, ge=1)
     schedules: list[dict[str, Any]] = Field(default_factory=list)
+    #: The code its runs execute (`engine.code`): ``{"bundle": "sha256:...", "files": N,
+    #: "bytes": N, "root": "..."}`` for a project packed at deploy time (the entrypoint is then
+    #: relative to the bundle's root), ``{"package": DIST, "version": V}`` for code installed in
+    #: the workers' environment, or None (loaded as found where the worker runs).
+    code: dict[str, Any] | None = None
 
     @field_validator("name", "flow_name")
     @classmethod
@@ -216,6 +221,10 @@ class DeploymentSpec(_DeploymentFields):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     entrypoint: str = Field(min_length=1, max_length=1024)
+    #: The project folder packed with a file entrypoint (default: the nearest folder above the
+    #: file with pyproject.toml or .git, else the file's folder). Used where the spec is packed
+    #: (`engine.code.pack_specs`); not stored.
+    root: str | None = Field(None, max_length=4096)
     work_pool: str = Field(
         "default",
         validation_alias=AliasChoices("work_pool", "pool"),
@@ -237,3 +246,14 @@ class Deployment(_DeploymentFields):
     paused: bool = False
     created: dt.datetime
     updated: dt.datetime
+
+
+class CodeChunk(BaseModel):
+    """A piece of a code bundle as a worker fetches it (`EngineAPI.read_code_bundle`)."""
+
+    hash: str
+    #: the whole bundle's size in bytes
+    size: int
+    offset: int
+    #: the bytes from `offset`, base64
+    data: str

@@ -27,6 +27,8 @@ Concurrency:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import datetime as dt
 import json
@@ -43,6 +45,7 @@ from sqlalchemy.orm import Session
 
 from engine import deployments
 from engine import flow_runs as core
+from engine.code import store as code_store
 from engine.db import repository as repo
 from engine.db import runs as core_runs
 from engine.db import workers
@@ -63,6 +66,7 @@ from engine.db.models import (
 from engine.db.servers import new_server_id
 from engine.deployments.bulk import DueDispatch, dispatch_due
 from engine.errors import (
+    CodeError,
     InvalidTransition,
     ObjectNotFound,
     ParameterValidationError,
@@ -73,6 +77,7 @@ from engine.events import task_run_event
 from engine.orchestration import Decision, Status, decide
 from engine.runtime.names import generate_name
 from engine.schemas import (
+    CodeChunk,
     Deployment,
     DeploymentSpec,
     Event,
@@ -122,8 +127,13 @@ class EngineService:
         parameters_max_bytes: int = 1_000_000,
         unavailable_timeout: float = 300.0,
         server_id: str | None = None,
+        code_bundle_dir: str = "",
+        max_bundle_bytes: int = 50_000_000,
     ) -> None:
         self.url = url
+        #: where bundles are kept ("" = in the database) and the largest accepted (`engine.code`)
+        self.code_bundle_dir = code_bundle_dir
+        self.max_bundle_bytes = max_bundle_bytes
         #: who writes through this service: its outbox rows carry it (`engine.server.leases`)
         self.server_id = server_id or new_server_id()
         self.result_max_bytes = result_max_bytes
@@ -541,6 +551,36 @@ class EngineService:
         )
         async with self._read() as session:
             return [repo.history_state(row) for row in await session.scalars(query)]
+
+    # --- code bundles (engine/code) ---------------------------------------------------------
+    async def has_code_bundle(self, hash: str) -> bool:
+        """Whether bundle `hash` is stored (a deploy uploads only what is missing)."""
+        async with self._read() as session:
+            return await code_store.exists(session, hash)
+
+    async def store_code_bundle(self, hash: str, data: str) -> int:
+        """Store a bundle (base64 `data`) under its hash, once verified; its size in bytes."""
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except binascii.Error as exc:
+            raise CodeError(f"bundle {hash}: the data is not base64 ({exc})") from None
+        return await self._transact(
+            lambda session: code_store.store(
+                session, hash, raw, directory=self.code_bundle_dir, max_bytes=self.max_bundle_bytes
+            ),
+            events=False,
+        )
+
+    async def read_code_bundle(self, hash: str, offset: int = 0, limit: int = 512 * 1024) -> CodeChunk:
+        """Up to `limit` bytes of bundle `hash` from `offset` (a worker fetches it in chunks)."""
+        if offset < 0 or not 0 < limit <= 16 * 1024 * 1024:
+            raise CodeError(f"read_code_bundle: offset {offset} / limit {limit} out of range")
+        async with self._read() as session:
+            size, chunk = await code_store.read_chunk(
+                session, hash, offset, limit, directory=self.code_bundle_dir
+            )
+        return CodeChunk(hash=hash, size=size, offset=offset,
+                         data=base64.b64encode(chunk).decode("ascii"))
 
     # --- deployments (engine/deployments.py) ------------------------------------------------
     async def register_deployment(self, spec: DeploymentSpec) -> Deployment:

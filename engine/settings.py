@@ -129,6 +129,21 @@ class WorkerSettings(_Section):
     heartbeat_interval_seconds: float = Field(5, gt=0)
 
 
+class CodeSettings(_Section):
+    """Code that travels with deployments (`engine.code`)."""
+
+    #: A packed project larger than this is refused at deploy time (compressed size, MB).
+    max_bundle_mb: float = Field(50, gt=0, le=1024)
+    #: Where the server keeps bundles: empty = in the database; else a directory (shared by
+    #: every server, such as a mounted volume).
+    bundle_dir: str = ""
+    #: Where a worker caches fetched bundles (verified by hash on first use); empty =
+    #: ``<home>/code``.
+    cache_dir: str = ""
+    #: Bytes per message when a worker fetches a bundle from the server.
+    fetch_chunk_kb: int = Field(512, ge=16, le=16384)
+
+
 class AutomationsSettings(_Section):
     #: Rule files, or folders of *.yaml files, loaded by the server at start (relative paths are
     #: relative to the working directory).
@@ -212,6 +227,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     automations: AutomationsSettings = Field(default_factory=AutomationsSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    code: CodeSettings = Field(default_factory=CodeSettings)
     deployments: list[dict[str, Any]] = Field(default_factory=list)
 
     @classmethod

@@ -85,6 +85,9 @@ class StateDetails(BaseModel):
     #: the run (`FlowRun.attempts` counts them); its Running, logs and final state carry N, and
     #: the engine refuses them once the attempt is superseded (`engine.orchestration.decide`).
     attempt: int | None = None
+    #: A Failed or Crashed state's cause: ``{"type", "message", "traceback"}``, the traceback
+    #: with the engine's frames trimmed (`engine.runtime.failures`).
+    error: dict[str, Any] | None = None
 
 
 class State(BaseModel):

@@ -4,12 +4,16 @@ A child is started once (``spawn``: a fresh interpreter, no inherited threads or
 own way to the engine through `embedded.set_api_factory` (by default a `RemoteEngine` over its own
 broker connection), tells the parent it is ready, then serves runs one at a time:
 
-    parent → child   ("run", flow_run_id, entrypoint, flow_run_json | None)   ("stop",)
+    parent → child   ("run", flow_run_id, entrypoint, flow_run_json | None, code, root | None)
+                     ("stop",)
     child → parent   ("ready", pid)   ("failed", reason)
                      ("done", flow_run_id, state_name, state_message, start_ms)
 
 Loaded entrypoints are kept (imported once per child), so starting a run costs a pipe message and
-a dictionary lookup: the flow engine itself then proposes Running with the worker's id.
+a dictionary lookup: the flow engine itself then proposes Running with the worker's id and the
+code it runs. A child runs one code version for its life (`code`: a bundle's hash, whose
+unpacked `root` becomes its working directory and first import path; or "env", the code installed
+in the worker's environment): the parent sends a run of another version to another child.
 
 The child's life belongs to its parent: it ignores SIGINT/SIGTERM (a Ctrl-C or a systemd stop
 reaches the whole process group; the parent drains instead), leaves on ("stop",) or when the
@@ -26,12 +30,14 @@ import functools
 import importlib
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import structlog
@@ -170,10 +176,11 @@ def main(conn: Connection, config: ChildConfig, lease: Any = None) -> None:
             if message[0] == "stop":
                 break
             if message[0] == "run":
-                _, run_id, entrypoint, run_json = message
+                _, run_id, entrypoint, run_json, code, root = message
                 _busy.set()
                 try:
-                    name, text, start_ms = _run(flows, run_id, entrypoint, run_json)
+                    name, text, start_ms = _run(flows, run_id, entrypoint, run_json, code, root,
+                                                config)
                 finally:
                     _busy.clear()
                 if not _send(conn, ("done", run_id, name, text, start_ms)):
@@ -215,8 +222,26 @@ def _watch_parent(ppid: int, lease: Any) -> None:
     threading.Thread(target=watch, name="flowrelay-parent-watch", daemon=True).start()
 
 
+#: The code this child runs (set by its first run; the parent never sends it another).
+_code: list[str] = []
+
+
+def _enter_code(code: str, root: str | None) -> None:
+    """Make this child run `code`: a bundle's unpacked `root` becomes the working directory and
+    the first place imports look (as the project's root is where it was deployed from)."""
+    if _code:
+        if _code[0] != code:  # a parent bug, never a silent wrong version
+            raise RuntimeError(f"this child runs code {_code[0]}, not {code}")
+        return
+    _code.append(code)
+    if root is not None:
+        os.chdir(root)
+        sys.path.insert(0, root)
+
+
 def _run(
-    flows: dict[str, Flow[..., Any]], run_id: str, entrypoint: str, run_json: str | None
+    flows: dict[str, Flow[..., Any]], run_id: str, entrypoint: str, run_json: str | None,
+    code: str = "env", root: str | None = None, config: ChildConfig | None = None,
 ) -> tuple[str, str | None, float]:
     """Run one flow run to its final state: `(state name, message, start cost in ms)`."""
     from engine.entrypoints import load_flow
@@ -235,9 +260,13 @@ def _run(
         if run_json is not None:
             flow_run = FlowRun.model_validate_json(run_json)
             fence = flow_run.state.details.attempt if flow_run.state is not None else None
+        _enter_code(code, root)
+        if config is not None:  # the Running state records the code this child executes
+            embedded.set_worker_identity(config.worker_id, {**config.extra_details, "code": code})
         flow = flows.get(entrypoint)
         if flow is None:
-            flow = flows[entrypoint] = load_flow(entrypoint)
+            target = entrypoint if root is None else str(Path(root) / entrypoint)
+            flow = flows[entrypoint] = load_flow(target)
         if flow_run is None:
             flow_run = embedded.call_sync(lambda api: api.read_flow_run(flow_run_id))
             fence = flow_run.state.details.attempt if flow_run.state is not None else None

@@ -93,6 +93,9 @@ class ChildProcess:
         )
         self.pid = 0
         self.runs = 0
+        #: the code this child has imported (a bundle's hash, or "env"); None: none yet. A child
+        #: runs one code version for its whole life (a module imported stays imported).
+        self.code: str | None = None
         #: how long the cold start took (spawn, imports, opening the engine API)
         self.start_seconds = 0.0
         self._closed = False
@@ -144,10 +147,12 @@ class ChildProcess:
         return None
 
     async def run(
-        self, flow_run_id: uuid.UUID, entrypoint: str, run_json: str | None
+        self, flow_run_id: uuid.UUID, entrypoint: str, run_json: str | None,
+        code: str = "env", root: str | None = None,
     ) -> Finished | ChildExited:
+        self.code = code
         try:
-            self.conn.send(("run", str(flow_run_id), entrypoint, run_json))
+            self.conn.send(("run", str(flow_run_id), entrypoint, run_json, code, root))
         except OSError:
             return ChildExited(await self.reap(), self.pid)
         while True:
@@ -223,7 +228,9 @@ class ChildPool:
         self._ctx = multiprocessing.get_context(start_method)
         self._lease = lease
         self._start_timeout = start_timeout
-        self._idle: asyncio.Queue[ChildProcess] = asyncio.Queue()
+        #: idle children, oldest first; `_changed` is notified when one is added
+        self._idle: list[ChildProcess] = []
+        self._changed = asyncio.Condition()
         self._busy: dict[uuid.UUID, ChildProcess] = {}
         self._all: set[ChildProcess] = set()
         self._replacing: set[asyncio.Task[None]] = set()
@@ -233,6 +240,11 @@ class ChildPool:
     @property
     def pids(self) -> list[int]:
         return sorted(child.pid for child in self._all)
+
+    @property
+    def code_loaded(self) -> list[str]:
+        """The code versions live children have imported."""
+        return sorted({child.code for child in self._all if child.code is not None})
 
     @property
     def start_seconds(self) -> list[float]:
@@ -251,7 +263,47 @@ class ChildPool:
             await self.close()
             raise errors[0]
         for child in children:
-            self._idle.put_nowait(child)
+            await self._put_idle(child)
+
+    async def _put_idle(self, child: ChildProcess) -> None:
+        async with self._changed:
+            self._idle.append(child)
+            self._changed.notify_all()
+
+    async def _acquire(self, code: str) -> ChildProcess:
+        """An idle child for `code`: one that already runs it, else a fresh one, else the
+        oldest idle child of another version is retired and a fresh child started in its place
+        (`ChildStartError` if that fails); waits while every child is busy."""
+        async with self._changed:
+            while True:
+                child = (next((c for c in self._idle if c.code == code), None)
+                         or next((c for c in self._idle if c.code is None), None))
+                if child is not None:
+                    self._idle.remove(child)
+                    return child
+                if self._idle:
+                    retired = self._idle.pop(0)
+                    break
+                await self._changed.wait()
+        log.info("retiring a warm child of another code version", pid=retired.pid,
+                 had=retired.code, wanted=code)
+        self._all.discard(retired)
+        try:
+            await retired.stop()
+        except BaseException:
+            self._replace(retired)  # the slot is not lost: started again in the background
+            raise
+        child = ChildProcess(self._ctx, self._config_for(retired.config.index), self._lease)
+        self._all.add(child)
+        try:
+            await child.start(self._start_timeout)
+        except BaseException as exc:
+            self._all.discard(child)
+            if isinstance(exc, ChildStartError):
+                self._last_error = str(exc)
+            self._replace(child)  # reaped, and started again in the background
+            raise
+        return child
 
     async def run(
         self,
@@ -259,17 +311,22 @@ class ChildPool:
         entrypoint: str,
         run_json: str | None = None,
         *,
+        code: str = "env",
+        root: str | None = None,
         acquire_timeout: float | None = None,
     ) -> Outcome:
-        """Run a claimed flow run in a warm child; never raises for the child's death."""
+        """Run a claimed flow run in a warm child that runs `code` (see `_acquire`); `root`:
+        the unpacked bundle the entrypoint is relative to. Never raises for the child's death."""
         try:
             async with asyncio.timeout(acquire_timeout or self._start_timeout * 2):
-                child = await self._idle.get()
+                child = await self._acquire(code)
         except TimeoutError:
             return NoChild(f"no warm child process became free: {self._last_error or 'all busy'}")
+        except ChildStartError as exc:
+            return NoChild(f"no warm child process could be started for this code: {exc}")
         self._busy[flow_run_id] = child
         try:
-            outcome = await child.run(flow_run_id, entrypoint, run_json)
+            outcome = await child.run(flow_run_id, entrypoint, run_json, code, root)
         except BaseException:
             # Cancelled mid-run: the child's state is unknown, so it cannot be reused.
             child.kill()
@@ -280,7 +337,7 @@ class ChildPool:
         if isinstance(outcome, ChildExited):
             self._replace(child)
         else:
-            self._idle.put_nowait(child)
+            await self._put_idle(child)
         return outcome
 
     def terminate(self, flow_run_id: uuid.UUID) -> bool:
@@ -326,7 +383,7 @@ class ChildPool:
                 return
             log.info("replaced a child process", old_pid=dead.pid, new_pid=child.pid,
                      start_seconds=round(child.start_seconds, 3))
-            self._idle.put_nowait(child)
+            await self._put_idle(child)
             return
 
     async def close(self) -> None:

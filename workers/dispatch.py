@@ -33,6 +33,9 @@ class Dispatch:
     attempts: int | None = None
     #: The attempt the run's state belonged to when it was dispatched (None: none, or ended).
     attempt: int | None = None
+    #: The code to run, as the deployment recorded it when the run was dispatched
+    #: (``{"bundle": "sha256:..."}``, ``{"package": ..., "version": ...}``; None: as found).
+    code: dict[str, Any] | None = None
 
 
 def parse_dispatch(body: bytes) -> Dispatch:
@@ -61,7 +64,15 @@ def parse_dispatch(body: bytes) -> Dispatch:
             f"dispatch payload of flow run {flow_run_id}: 'entrypoint' must be a string such as "
             f"'flows/etl.py:etl', got {entrypoint!r}"
         )
+    code = payload.get("code")
+    if code is not None and not isinstance(code, dict):
+        raise BadDispatch(f"dispatch payload of flow run {flow_run_id}: 'code' must be an object, "
+                          f"got {type(code).__name__}")
+    bundle = code.get("bundle") if code else None
+    if bundle is not None and not isinstance(bundle, str):
+        raise BadDispatch(f"dispatch payload of flow run {flow_run_id}: code.bundle must be a hash string")
     return Dispatch(
+        code=code,
         flow_run_id=flow_run_id,
         entrypoint=entrypoint,
         deployment=_optional_str(payload, "deployment"),
@@ -93,6 +104,7 @@ def encode_dispatch(
     deployment: str | None = None,
     attempts: int | None = None,
     attempt: int | None = None,
+    code: dict[str, Any] | None = None,
 ) -> bytes:
     """A dispatch body as the engine writes it (for tests, tools and hand-replays)."""
     return json.dumps(
@@ -107,6 +119,7 @@ def encode_dispatch(
                 "work_pool": work_pool,
                 **({"attempts": attempts} if attempts is not None else {}),
                 **({"attempt": attempt} if attempt is not None else {}),
+                **({"code": code} if code is not None else {}),
             },
         }
     ).encode()

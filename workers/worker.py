@@ -50,18 +50,20 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from engine.broker import Broker, Consumer, IncomingMessage, Names
 from engine.broker.errors import BrokerError
 from engine.broker.topology import DEFAULT_DELIVERY_LIMIT, QueueSpec, build_topology
-from engine.errors import EngineUnavailable, ObjectNotFound
+from engine.errors import CodeError, EngineUnavailable, ObjectNotFound
 from engine.logging import get_logger
 from engine.ports import EngineAPI
 from engine.schemas import FlowRun, OrchestrationResult
 from engine.states import Crashed, Failed, Pending, Scheduled, State, StateType
 from workers.child_main import EXIT_LEASE_LOST, REMOTE_API, ChildConfig
 from workers.children import ChildExited, ChildPool, Finished, NoChild, StartMethod
+from workers.code import CodeCache, Prepared
 from workers.dispatch import Dispatch, parse_dispatch
 from workers.errors import BadDispatch, WorkerConfigError, WorkerError
 
@@ -166,6 +168,7 @@ class Worker:
         claim_timeout: float = 10.0,
         delivery_limit: int | None = None,
         outage_timeout: float = 300.0,
+        code_cache_dir: str | Path | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
@@ -207,6 +210,13 @@ class Worker:
         self._lease = multiprocessing.get_context(start_method).RawValue("d", 0.0)
         self._lease_renewed = asyncio.Event()
         self._lease_warned = False
+        #: deployed code, fetched once per hash (`workers.code`)
+        self.code = CodeCache(
+            api, Path(code_cache_dir) if code_cache_dir else _default_cache_dir(),
+            chunk_bytes=_setting("code", "fetch_chunk_kb", 512) * 1024,
+            call_timeout=max(claim_timeout, 10.0), outage_timeout=outage_timeout,
+        )
+        self._started_at = time.time()
 
     # --- life cycle -------------------------------------------------------------------------
     @property
@@ -231,6 +241,7 @@ class Worker:
             raise WorkerError("this worker was stopped: build a new one to start again")
         self._started = True
         try:
+            await asyncio.to_thread(self.code.sweep)
             await declare_pool(
                 self.broker, self.pool, names=self.names, delivery_limit=self._delivery_limit
             )
@@ -278,6 +289,7 @@ class Worker:
                     await self._heartbeat
             if self._children is not None:
                 await self._children.close()
+            self.code.close()
             self._stopped.set()
             self._log.info("worker stopped", stats=_summary(self.stats))
 
@@ -507,11 +519,27 @@ class Worker:
             await self._give_slot()
             self._touch()
 
+    async def _prepare_code(self, run: _Run, log: Any) -> Prepared | None:
+        """The run's code made ready (fetched once per hash); None once the run was failed
+        because it cannot be (no such bundle, another package version installed)."""
+        try:
+            return await self.code.prepare(run.dispatch.code)
+        except (CodeError, ObjectNotFound, *_TRANSIENT) as exc:
+            self.stats.final_states["Failed"] += 1
+            log.error("the run's code is not available", error=f"{type(exc).__name__}: {exc}",
+                      code=run.dispatch.code)
+            await self._report(run, Failed(message=f"could not start the flow run: {exc}"), log)
+            return None
+
     async def _execute_in_child(self, run: _Run, log: Any) -> None:
         assert self._children is not None
+        prepared = await self._prepare_code(run, log)
+        if prepared is None:
+            return
         run_json = run.flow_run.model_dump_json() if run.flow_run is not None else None
         outcome = await self._children.run(
-            run.dispatch.flow_run_id, run.dispatch.entrypoint, run_json
+            run.dispatch.flow_run_id, run.dispatch.entrypoint, run_json, code=prepared.key,
+            root=str(prepared.root) if prepared.root is not None else None,
         )
         if isinstance(outcome, Finished):
             self.stats.final_states[outcome.state_name] += 1
@@ -540,10 +568,16 @@ class Worker:
         from engine.entrypoints import load_flow
         from engine.runtime import embedded
 
-        # This task's context only: other inline workers, and plain flow calls, are not ours.
-        embedded.set_worker_identity(self.worker_id, {"work_pool": self.pool}, context_only=True)
-
+        prepared = await self._prepare_code(run, log)
+        if prepared is None:
+            return
         entrypoint = run.dispatch.entrypoint
+        if prepared.root is not None:  # a bundle: its file, one module per code version
+            entrypoint = str(prepared.root / entrypoint)
+        # This task's context only: other inline workers, and plain flow calls, are not ours.
+        embedded.set_worker_identity(
+            self.worker_id, {"work_pool": self.pool, "code": prepared.key}, context_only=True
+        )
         try:
             flow = self._flows.get(entrypoint)
             if flow is None:
@@ -773,6 +807,26 @@ class Worker:
             return  # embedded mode (`flowrelay dev`): the runtime already uses this loop's engine
         bridge: Any = LoopBridge(self.api, asyncio.get_running_loop())
         embedded.install_api(bridge)
+
+
+def _setting(section: str, name: str, default: Any) -> Any:
+    try:
+        from engine.settings import get_settings
+
+        return getattr(getattr(get_settings(), section), name)
+    except Exception:  # noqa: BLE001 - a bad config is reported elsewhere; keep the default
+        return default
+
+
+def _default_cache_dir() -> Path:
+    """`code.cache_dir`, else ``<home>/code``."""
+    try:
+        from engine.settings import get_settings
+
+        settings = get_settings()
+        return Path(settings.code.cache_dir or settings.home / "code").expanduser()
+    except Exception:  # noqa: BLE001 - a bad config is reported elsewhere; keep the default
+        return Path("~/.flowrelay/code").expanduser()
 
 
 def _summary(stats: WorkerStats) -> dict[str, Any]:

@@ -80,12 +80,14 @@ class FlowRunDetail(FlowRunItem):
     #: {"schedule": ...}, or null for a run started by hand
     caused_by: dict[str, Any] | None = None
     children: list[uuid.UUID] = Field(default_factory=list)
+    #: a Failed or Crashed run's cause: {"type", "message", "traceback"} (the user's frames)
+    error: dict[str, Any] | None = None
 
     @classmethod
     def of_run(cls, run: FlowRun, children: list[uuid.UUID]) -> FlowRunDetail:
         return cls(
             **_item_fields(run, utcnow()), result=run.result, caused_by=run.caused_by,
-            children=children,
+            children=children, error=run.state.details.error if run.state is not None else None,
         )
 
 

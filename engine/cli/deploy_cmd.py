@@ -81,12 +81,21 @@ def deploy(
             "--file", "-f", help="Register every deployment of a YAML file (deployments: ...)."
         ),
     ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option(
+            "--root",
+            help="The project folder packed with a file entrypoint (default: the nearest folder "
+            "above the file with pyproject.toml or .git, else the file's folder).",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Register a deployment of a flow (again: its next version).
 
-    Parameters given with --param are checked against the flow's type hints; the ones left out
-    are given by each run.
+    A file entrypoint's project is packed and uploaded to the server: workers on any machine
+    fetch it by its hash and run exactly that code. Parameters given with --param are checked
+    against the flow's type hints; the ones left out are given by each run.
     """
     if file is not None:
         given = [
@@ -102,6 +111,7 @@ def deploy(
                 ("--cron", cron),
                 ("--interval", interval),
                 ("--timezone", timezone),
+                ("--root", root),
             )
             if value
         ]
@@ -126,8 +136,14 @@ def deploy(
                 cron,
                 interval,
                 timezone,
+                root,
             )
         ]
+    from engine.code import pack_specs, upload
+
+    specs, bundles = pack_specs(specs)
+    for bundle in bundles:
+        _call(lambda api, bundle=bundle: upload(api, bundle))
     if len(specs) == 1 and file is None:
         registered: list[Deployment] = [_call(lambda api: api.register_deployment(specs[0]))]
     else:  # a file: one transaction, all or nothing
@@ -139,7 +155,8 @@ def deploy(
     for dep in registered:
         console.print(
             f"Deployed [bold]{escape(dep.full_name)}[/] version {dep.version} "
-            f"(pool [bold]{escape(dep.work_pool or '-')}[/], {escape(dep.entrypoint or '-')})"
+            f"(pool [bold]{escape(dep.work_pool or '-')}[/], {escape(dep.entrypoint or '-')}, "
+            f"{escape(code_text(dep.code))})"
         )
     if len(registered) == 1:
         console.print(f"Run it with: flowrelay deployment run '{escape(registered[0].full_name)}'")
@@ -156,6 +173,7 @@ def _spec_from_options(
     cron: str | None,
     interval: str | None,
     timezone: str | None,
+    root: Path | None = None,
 ) -> DeploymentSpec:
     import pydantic
 
@@ -186,6 +204,7 @@ def _spec_from_options(
             description=description,
             concurrency_limit=concurrency_limit,
             schedules=schedules,
+            root=str(root) if root is not None else None,
         )
     except pydantic.ValidationError as exc:
         options = {"name": "--name", "work_pool": "--pool", "schedules": "--cron/--interval"}
@@ -288,6 +307,7 @@ def inspect_deployment(
         ("parameters", escape(output.result_text(dep.parameters))),
         ("tags", escape(", ".join(dep.tags) or "-")),
         ("concurrency", str(dep.concurrency_limit) if dep.concurrency_limit else "no limit"),
+        ("code", escape(code_text(dep.code))),
         ("schedules", escape(", ".join(_schedule_text(s) for s in dep.schedules) or "-")),
         ("description", escape(dep.description or "-")),
         ("updated", output.local_time(dep.updated)),
@@ -330,6 +350,19 @@ def _set_paused(name: str, paused: bool, as_json: bool) -> None:
     output.console().print(
         f"Deployment [bold]{escape(dep.full_name)}[/] is {'paused' if paused else 'active'}."
     )
+
+
+def code_text(code: dict[str, Any] | None) -> str:
+    """``bundle sha256:1a2b3c4d5e6f (12 files, 18 KB)``, ``package etl-jobs 1.4.0``, or what a
+    deployment without recorded code runs."""
+    if not code:
+        return "code as found where the worker runs"
+    if code.get("bundle"):
+        size = int(code.get("bytes") or 0)
+        return f"bundle {str(code['bundle'])[:19]} ({code.get('files', '?')} files, {max(size // 1000, 1)} KB)"
+    if code.get("package"):
+        return f"package {code['package']} {code.get('version', '')}".rstrip()
+    return "code as found where the worker runs"
 
 
 def _schedule_text(schedule: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from engine.cli import output
 from engine.cli.run_cmd import PARAM_HELP, parse_params
 from engine.durations import parse_duration as _parse_duration
 from engine.runtime import embedded
+from engine.runtime.failures import format_error
 from engine.schemas import FlowRun
 from engine.states import utcnow
 
@@ -92,6 +93,9 @@ async def _watch(run_id: uuid.UUID, timeout: float | None, *, quiet: bool) -> Fl
             state = final.state
             typer.echo(f"flow run {final.name!r} finished {state.name if state else '?'}"
                        f"{': ' + state.message if state and state.message else ''}")
+            error = format_error(state.details.error) if state is not None else None
+            if error:
+                typer.echo(error)
         return final
 
     try:

@@ -10,6 +10,7 @@ from rich.markup import escape
 from engine.cli import output
 from engine.cli.run_cmd import print_timeline
 from engine.errors import ObjectNotFound
+from engine.runtime.failures import format_error
 from engine.schemas import FlowRun, LogRecord, TaskRun
 from engine.states import State
 
@@ -89,6 +90,7 @@ def inspect_run(run_id: RunId, as_json: JsonOption = False) -> None:
             task_runs=output.to_jsonable(task_runs),
             parent=output.to_jsonable(parent),
             children=output.to_jsonable(children),
+            error=run.state.details.error if run.state is not None else None,
         )
         output.print_json(data)
         return
@@ -175,6 +177,10 @@ def _print_inspect(
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
         console.print(f"  {name:<{width}}  {value}")
+    error = format_error(run.state.details.error) if run.state is not None else None
+    if error:
+        console.print("\n[bold red]Error[/]")
+        console.print(escape(error), highlight=False)
 
     console.print("\n[bold]States[/]")
     print_timeline(states, [])

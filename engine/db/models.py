@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -102,6 +103,8 @@ class DeploymentRow(Base):
     schedules: Mapped[list[dict[str, Any]]] = mapped_column(Json, default=list)
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
     concurrency_limit: Mapped[int | None] = mapped_column(Integer)
+    #: the code its runs execute: {"bundle": "sha256:...", ...} or {"package": ..., "version": ...}
+    code: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
     created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -125,7 +128,32 @@ class DeploymentVersionRow(Base):
     description: Mapped[str | None] = mapped_column(Text)
     schedules: Mapped[list[dict[str, Any]]] = mapped_column(Json, default=list)
     concurrency_limit: Mapped[int | None] = mapped_column(Integer)
+    code: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
     created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class CodeBundleRow(Base):
+    """A content-addressed bundle of a deployed project (a zip), by its ``sha256:`` hash
+    (`engine.code`). `data` is null when the server keeps bundles in a directory."""
+
+    __tablename__ = "code_bundles"
+
+    hash: Mapped[str] = mapped_column(String(80), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WorkPoolRow(Base):
+    """A work pool with settings of its own (a pool needs no row to be used: its queue is
+    declared by the first worker or dispatch)."""
+
+    __tablename__ = "work_pools"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    concurrency_limit: Mapped[int | None] = mapped_column(Integer)
+    created: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 class _CurrentState:
@@ -324,6 +352,8 @@ class WorkerHeartbeatRow(Base):
     last_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     #: the runs the worker said it holds in that heartbeat
     flow_run_ids: Mapped[list[str]] = mapped_column(Json, default=list)
+    #: what the worker reports about itself: concurrency, mode, code loaded, host
+    info: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
 
 
 # --- automations (automations/store.py) -------------------------------------------------------

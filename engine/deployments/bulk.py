@@ -51,7 +51,7 @@ from engine.schemas import Event
 from engine.states import StateType
 
 #: Deployment columns a dispatch reads, labelled apart from the run's columns.
-_DEP_COLUMNS = ("version", "work_pool", "flow_name", "name", "entrypoint", "concurrency_limit")
+_DEP_COLUMNS = ("version", "work_pool", "flow_name", "name", "entrypoint", "concurrency_limit", "code")
 
 
 @dataclass

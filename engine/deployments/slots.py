@@ -114,6 +114,9 @@ def dispatch_values(row: Any, dep: Any, now: dt.datetime) -> tuple[Event, dict[s
             "flow_run_id": str(row.id),
             "deployment": full_name,
             "entrypoint": dep.entrypoint,
+            # the code to execute, as the deployment is now (a bundle's hash, or the installed
+            # distribution's version): a run dispatched before a redeploy keeps its own
+            "code": dep.code,
             "work_pool": row.work_pool,
             "parameters": row.parameters or {},
             # Claims made before this dispatch, and the attempt the run's state still belongs to

@@ -136,6 +136,11 @@ def specs_from_items(
                 "required: the flow, as 'path/file.py:flow' or 'package.module:flow'",
             )
             continue
+        if "code" in item:
+            problem((*path, "code"), "recorded by deploy from the entrypoint (a bundle of the "
+                    "project, or the installed package's version): remove it; 'root' sets the "
+                    "project folder")
+            continue
         flow = None
         flow_name = item.get("flow_name")
         if flow_name is None:
@@ -190,7 +195,7 @@ def _validation_problems(exc: ValueError, path: Path) -> list[tuple[Path, str]]:
         if error["type"] == "extra_forbidden":
             message = (
                 "unknown key (expected entrypoint, name, work_pool or pool, parameters, "
-                "tags, description, concurrency_limit, schedules)"
+                "tags, description, concurrency_limit, schedules, root)"
             )
         found.append((where, message))
     return found
@@ -216,18 +221,25 @@ async def register_configured(api: EngineAPI, settings: Settings) -> list[Deploy
             data = yaml.safe_load(text)
             if isinstance(data, dict) and data.get("deployments") == settings.deployments:
                 lines = yaml_lines(text)  # only when the file is where the list came from
+    from engine.code import pack_specs, upload
+
     specs = await asyncio.to_thread(
         specs_from_items, settings.deployments, source=str(file or "settings"), lines=lines
     )
+    specs, bundles = await asyncio.to_thread(pack_specs, specs)
     current = {d.full_name: d for d in await api.read_deployments()}
     changed = [spec for spec in specs if not _same(spec, current.get(spec.full_name))]
     if not changed:
         return []
+    used = {spec.code.get("bundle") for spec in changed if spec.code}
+    for bundle in bundles:
+        if bundle.hash in used:
+            await upload(api, bundle)
     return await api.register_deployments(changed)
 
 
 def _same(spec: DeploymentSpec, stored: Deployment | None) -> bool:
     if stored is None:
         return False
-    fields = set(DeploymentSpec.model_fields)
+    fields = set(DeploymentSpec.model_fields) - {"root"}
     return spec.model_dump(include=fields) == stored.model_dump(include=fields)

@@ -40,6 +40,7 @@ def deployment(row: DeploymentRow) -> Deployment:
         description=row.description,
         concurrency_limit=row.concurrency_limit,
         schedules=row.schedules or [],
+        code=row.code,
         version=row.version,
         paused=row.paused,
         created=row.created,
@@ -112,6 +113,7 @@ async def register(
     row.description = spec.description
     row.schedules = list(spec.schedules)
     row.concurrency_limit = spec.concurrency_limit
+    row.code = dict(spec.code) if spec.code is not None else None
     row.updated = now
     session.add(
         DeploymentVersionRow(
@@ -125,6 +127,7 @@ async def register(
             description=row.description,
             schedules=row.schedules,
             concurrency_limit=row.concurrency_limit,
+            code=row.code,
             created=now,
         )
     )

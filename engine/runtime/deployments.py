@@ -273,9 +273,12 @@ async def deploy(
     concurrency_limit: int | None = None,
     schedules: list[dict[str, Any]] | None = None,
     entrypoint: str | None = None,
+    root: str | None = None,
 ) -> Any:
     """Register (or re-register, bumping its version) a deployment of `flow_obj` from Python.
-    The entrypoint defaults to the flow's source file and function name."""
+    The entrypoint defaults to the flow's source file and function name; a file entrypoint's
+    project (`root`, default: the nearest folder with pyproject.toml or .git) is packed and
+    uploaded for the workers (`engine.code`)."""
     import inspect
 
     from engine.schemas import DeploymentSpec
@@ -292,9 +295,14 @@ async def deploy(
     spec = DeploymentSpec(
         name=name, flow_name=flow_obj.name, entrypoint=entrypoint, work_pool=work_pool,
         parameters=parameters or {}, tags=tags or [], description=description or flow_obj.description,
-        concurrency_limit=concurrency_limit, schedules=schedules or [],
+        concurrency_limit=concurrency_limit, schedules=schedules or [], root=root,
     )
-    return await embedded.call(lambda api: api.register_deployment(spec))
+    from engine.code import pack_specs, upload
+
+    packed, bundles = await asyncio.to_thread(pack_specs, [spec])
+    for bundle in bundles:
+        await embedded.call(functools.partial(upload, bundle=bundle))
+    return await embedded.call(lambda api: api.register_deployment(packed[0]))
 
 
 @sync_compatible

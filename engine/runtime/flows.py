@@ -24,6 +24,7 @@ import contextvars
 import datetime as dt
 import functools
 import inspect
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -39,6 +40,7 @@ from engine.errors import (
 from engine.runtime import embedded
 from engine.runtime.context import FlowRunContext, flow_run_ctx, task_run_ctx
 from engine.runtime.delivery import delivered
+from engine.runtime.failures import describe
 from engine.runtime.futures import TaskFuture
 from engine.runtime.parameters import bind, call_arguments, to_json_parameters, validate
 from engine.runtime.results import to_storable
@@ -58,6 +60,7 @@ from engine.states import (
     Running,
     State,
     StateDetails,
+    StateType,
     utcnow,
 )
 
@@ -362,6 +365,7 @@ class FlowRunner:
                     state = Failed(
                         message=_failure_message(f"Flow run {flow_run.name!r}", exc)
                     ).with_exception(exc)
+                    state.details.error = describe(exc)
             if not timed_out:
                 # Structured: every task submitted in this run ends before the run does.
                 await asyncio.gather(*(f.wait_async() for f in list(ctx.futures)), return_exceptions=True)
@@ -376,11 +380,19 @@ class FlowRunner:
             state = await final_state(value, ctx)
         for record in ctx.take_logs():
             self.logs.append(record)
+        if state.details.error is not None:
+            self._log_error(flow_run, state.details.error)
         return state
 
     async def _finish(self, flow_run: FlowRun, state: State) -> State:
         state.details.flow_run_id = flow_run.id
         state.details.attempt = self.fence
+        if (state.details.error is None and state.exception is not None
+                and state.type in (StateType.FAILED, StateType.CRASHED)
+                and not isinstance(state.exception, ParameterValidationError)):
+            # failed through its tasks (or a result that cannot be stored): the first cause
+            state.details.error = describe(state.exception)
+            self._log_error(flow_run, state.details.error)
         if state.is_completed():
             try:
                 state.data = to_storable(
@@ -409,10 +421,15 @@ class FlowRunner:
             self.parent.record(mirror)
         return state
 
-    def _log(self, flow_run: FlowRun, message: str) -> None:
+    def _log_error(self, flow_run: FlowRun, error: dict[str, Any]) -> None:
+        """As Prefect does: the traceback in the run's logs, as an ERROR line."""
+        self._log(flow_run, f"Encountered exception during execution:\n{error['traceback']}",
+                  level=logging.ERROR)
+
+    def _log(self, flow_run: FlowRun, message: str, *, level: int = logging.INFO) -> None:
         self.logs.append(LogRecord(flow_run_id=flow_run.id, logger="flowrelay.flow_run", message=message,
-                                   attempt=self.fence))
-        log.info(message, flow_run_id=str(flow_run.id))
+                                   attempt=self.fence, level=level))
+        log.log(level, message, flow_run_id=str(flow_run.id))
 
 
 

@@ -15,6 +15,7 @@ import datetime as dt
 import functools
 import hashlib
 import inspect
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -23,8 +24,10 @@ import structlog
 
 from engine.runtime import embedded
 from engine.runtime.context import FlowRunContext, TaskRunContext, current_flow_run, task_run_ctx
+from engine.runtime.failures import describe
 from engine.runtime.futures import TaskFuture
 from engine.runtime.results import try_storable
+from engine.schemas import LogRecord
 from engine.states import AwaitingRetry, Completed, Failed, Pending, Running, State, utcnow
 
 P = ParamSpec("P")
@@ -235,7 +238,17 @@ class Task(Generic[P, R]):
                 return Failed(message=f"Task run {run_name!r} exceeded its timeout of {self.timeout_seconds:g} s")
             log.warning("task run failed", task_run=run_name, error=f"{type(exc).__name__}: {exc}",
                         flow_run_id=str(ctx.flow_run.id), task_run_id=str(task_run_id))
-            return Failed(message=_failure_message(f"Task run {run_name!r}", exc)).with_exception(exc)
+            failed = Failed(message=_failure_message(f"Task run {run_name!r}", exc)).with_exception(exc)
+            # The task run keeps its own traceback; the flow run's logs get it as an ERROR line
+            # of that task run, as Prefect writes it.
+            failed.details.error = describe(exc)
+            ctx.add_log(LogRecord(
+                flow_run_id=ctx.flow_run.id, task_run_id=task_run_id, level=logging.ERROR,
+                logger="flowrelay.task_run",
+                message=f"Task run {run_name!r} - Encountered exception during execution:\n"
+                        f"{failed.details.error['traceback']}",
+            ))
+            return failed
         if isinstance(value, State):
             return value
         state = Completed(data=None).with_value(value)

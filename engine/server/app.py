@@ -67,6 +67,8 @@ class Server:
                 backoff_seconds=settings.database.conflict_backoff_ms / 1000,
             ),
             unavailable_timeout=settings.database.unavailable_timeout_seconds,
+            code_bundle_dir=settings.code.bundle_dir,
+            max_bundle_bytes=int(settings.code.max_bundle_mb * 1e6),
         )
         #: its share of the work no request owns (`engine.server.leases`); SQLite runs one
         #: server, which takes it all at start

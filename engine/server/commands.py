@@ -25,6 +25,7 @@ SERVICE_COMMANDS = (
     "read_task_run_states", "write_logs", "read_logs", "emit_event", "read_events",
     "register_deployment", "read_deployment", "read_deployments", "set_deployment_paused",
     "create_deployment_run", "runs_held_by", "register_deployments", "dispatch_run", "due_runs",
+    "has_code_bundle", "store_code_bundle", "read_code_bundle",
 )
 
 

@@ -24,7 +24,7 @@ async def test_migrate_twice_is_a_no_op(db_url: str) -> None:
     finally:
         await engine.dispose()
 
-    assert version == [("0006",)]
+    assert version == [("0007",)]
     assert set(Base.metadata.tables) | {"alembic_version"} == tables
 
 
@@ -52,7 +52,7 @@ async def test_concurrent_starts_migrate_once(db_url: str) -> None:
         for engine in engines:
             await engine.dispose()
 
-    assert version == [("0006",)]
+    assert version == [("0007",)]
 
 
 async def test_sqlite_file_gets_its_folder_and_pragmas(tmp_path) -> None:

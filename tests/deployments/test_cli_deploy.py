@@ -63,8 +63,12 @@ def test_deploy_registers_and_redeploy_bumps_the_version(cli: Any, flows: None) 
     assert data["work_pool"] == "pool-a" and data["tags"] == ["prod"]
     assert data["concurrency_limit"] == 2 and data["description"] == "nightly load"
     assert data["schedules"] == [{"cron": "0 2 * * *", "timezone": "Europe/Paris", "active": True}]
+    # the project (the test's folder: flows.py only; its own home is never packed) travels
+    assert data["code"]["bundle"].startswith("sha256:") and data["code"]["files"] == 1
+    assert data["entrypoint"] == "flows.py:etl"
     assert second.code == 0, second.err
-    assert "Deployed etl/nightly version 2 (pool pool-b, flows.py:etl)" in second.out
+    assert "Deployed etl/nightly version 2 (pool pool-b, flows.py:etl, bundle sha256:" in second.out
+    assert "(1 files, 1 KB)" in second.out
     assert "flowrelay deployment run 'etl/nightly'" in second.out
 
 

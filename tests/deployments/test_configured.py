@@ -35,8 +35,11 @@ CONFIG = """
 
 
 async def test_only_new_or_changed_deployments_are_registered(
-    service: EngineService, write: Any
+    service: EngineService, write: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # the server's own database and config.yaml sit in the project folder: never packed (a
+    # live database would change the bundle's hash, so every version, at each restart)
+    monkeypatch.setenv("FLOWRELAY_DATABASE__URL", db_url)
     write("flows.py", FLOWS)
     write("config.yaml", CONFIG.format(limit=5))
 
@@ -48,6 +51,8 @@ async def test_only_new_or_changed_deployments_are_registered(
     assert [(d.full_name, d.version) for d in first] == [("etl/nightly", 1), ("etl/manual", 1)]
     assert restart == []  # a restart does not bump versions
     assert [(d.full_name, d.version) for d in changed] == [("etl/nightly", 2)]
+    assert first[0].code is not None and first[0].code["files"] == 1  # flows.py alone
+    assert changed[0].code == first[0].code
     assert (await service.read_deployment("etl/nightly")).parameters == {"limit": 6}
 
 

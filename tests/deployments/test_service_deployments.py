@@ -148,6 +148,7 @@ async def test_run_uses_the_latest_version_and_is_dispatched_with_its_state(
         "parameters": {"day": "2026-11-22", "mode": "delta"},
         "attempts": 0,
         "attempt": None,
+        "code": None,  # registered without code: the worker loads it as it finds it
     }
     # Committed together: the Scheduled event, then the dispatch, and the run marked dispatched.
     run_events = await service.read_events(f"flow-run/{run.id}")

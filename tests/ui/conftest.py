@@ -19,7 +19,7 @@ from tests.ui.cluster import UiCluster
 
 CHROMIUM = os.environ.get("FLOWRELAY_TEST_CHROMIUM", "/usr/bin/chromium")
 #: every flow of tests/ui/flows.py, deployed as FLOW/ui
-FLOWS = ["up", "down", "slow", "chatty", "pinged", "witness"]
+FLOWS = ["up", "down", "slow", "chatty", "pinged", "witness", "broken"]
 
 
 @pytest.fixture(scope="package")  # torn down after tests/ui: Playwright's loop must not outlive it

@@ -52,3 +52,13 @@ def pinged(source: str = "") -> str:
 @flow(name="witness")
 def witness(source: str = "") -> str:
     return f"witnessed {source}"
+
+
+def _check(batch_id: str) -> None:
+    raise ValueError(f"bad batch {batch_id}")
+
+
+@flow(name="broken")
+def broken(batch_id: str = "b-0") -> None:
+    """Fails in a helper of the user's: the run page shows the traceback."""
+    _check(batch_id)

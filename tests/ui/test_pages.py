@@ -47,6 +47,20 @@ def test_run_page_shows_states_task_runs_logs_and_result(page: Any, finished_run
     assert "Started by a request through the HTTP API" in page.inner_text("#why")
 
 
+def test_run_page_shows_a_failed_runs_traceback(page: Any, ui: UiCluster) -> None:
+    run = ui.wait_final(ui.run("broken/ui", {"batch_id": "b-bad"}))
+    assert run["state_type"] == "FAILED"
+    open_page(page, f"/runs/{run['id']}")
+
+    page.wait_for_selector("#traceback")
+    text = page.inner_text("#traceback")
+    assert text.startswith("Traceback (most recent call last):")
+    assert "flows.py\", line" in text and "in _check" in text and "in broken" in text
+    assert text.rstrip().endswith("ValueError: bad batch b-bad")
+    assert "engine/runtime" not in text  # the engine's frames are trimmed
+    assert "Encountered exception during execution" in page.inner_text("#logs")
+
+
 def test_runs_filters_narrow_the_table(page: Any, finished_run: dict[str, Any]) -> None:
     open_page(page, "/runs")
     page.select_option("#f-state", "COMPLETED")

@@ -242,7 +242,9 @@ function drawResult(node, run) {
       ? h("p", { class: "muted" }, "null")
       : h("pre", { class: "json", id: "result" }, JSON.stringify(run.result, null, 2)));
   } else if (FINAL_TYPES.has(run.state_type)) {
-    fill(node, h("p", { class: "error-text" }, run.state_message || `The run ended ${run.state_name}.`));
+    const error = run.error && (run.error.traceback || `${run.error.type}: ${run.error.message}`);
+    fill(node, h("p", { class: "error-text" }, run.state_message || `The run ended ${run.state_name}.`),
+      error ? h("pre", { class: "traceback", id: "traceback", "aria-label": "Traceback" }, error) : null);
   } else {
     fill(node, h("p", { class: "muted" }, "Not finished yet."));
   }
