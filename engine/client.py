@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from engine.errors import ObjectNotFound
 from engine.ports import EngineAPI
 from engine.runtime import embedded
-from engine.schemas import Deployment, FlowRun, FlowRunFilter, LogRecord, TaskRun
+from engine.schemas import Deployment, FlowRun, FlowRunFilter, LogRecord, TaskRun, WorkPool
 from engine.states import State
 
 T = TypeVar("T")
@@ -93,6 +93,10 @@ class AsyncClient:
     async def read_deployments(self) -> list[Deployment]:
         return await self._call(lambda api: api.read_deployments())
 
+    async def read_work_pool(self, name: str) -> WorkPool:
+        """A work pool: its limit, workers and open runs."""
+        return await self._call(lambda api: api.read_work_pool(name))
+
     async def create_flow_run(
         self, deployment: str, parameters: dict[str, Any] | None = None, *,
         idempotency_key: str | None = None, scheduled_time: dt.datetime | None = None,
@@ -143,6 +147,9 @@ class SyncClient:
 
     def read_deployment(self, name: str) -> Deployment:
         return self._run(self._async.read_deployment(name))
+
+    def read_work_pool(self, name: str) -> WorkPool:
+        return self._run(self._async.read_work_pool(name))
 
     def read_deployments(self) -> list[Deployment]:
         return self._run(self._async.read_deployments())

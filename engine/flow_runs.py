@@ -123,7 +123,10 @@ def propose(
             return None  # may be retried
         if requeued(previous, run.state_type, run.state_name):
             return None  # goes back to its pool
-        if held and not holds_slot(run) and runs.deployment_limit(conn, run.deployment_id) is not None:
+        if held and not holds_slot(run) and (
+            runs.deployment_limit(conn, run.deployment_id) is not None
+            or runs.pool_limit(conn, run.work_pool) is not None
+        ):
             return None  # gives a slot back to a waiting run
     runs.save(conn, run, seq)
     runs.insert_states(conn, [history])
@@ -161,8 +164,11 @@ def create(
         dep = runs.deployment_by_name(conn, *split_name(deployment))
     elif deployment is not None:
         dep = runs.deployment_by_id(conn, deployment)
-    if deployment is not None and (dep is None or dep.concurrency_limit is not None):
-        return None
+    if deployment is not None and (
+        dep is None or dep.concurrency_limit is not None
+        or runs.pool_limit(conn, work_pool or dep.work_pool) is not None
+    ):
+        return None  # a slot to decide: the ORM path locks what it counts
     run_flow = flow_name or (dep.flow_name if dep is not None else "")
     flow_id = flow_ids.get(run_flow)
     if flow_id is None:

@@ -25,6 +25,8 @@ from engine.schemas import (
     LogRecord,
     OrchestrationResult,
     TaskRun,
+    WorkerInfo,
+    WorkPool,
 )
 from engine.states import State
 
@@ -145,6 +147,17 @@ class EngineAPI(Protocol):
     async def read_code_bundle(self, hash: str, offset: int = 0, limit: int = 512 * 1024) -> CodeChunk:
         """Up to `limit` bytes of bundle `hash` from `offset`, base64."""
         ...
+
+    # --- work pools and workers -------------------------------------------------------------
+    async def read_work_pools(self) -> list[WorkPool]: ...
+
+    async def read_work_pool(self, name: str) -> WorkPool: ...
+
+    async def set_work_pool_concurrency(self, name: str, limit: int | None) -> WorkPool:
+        """Set (None: clear) the pool's concurrency limit."""
+        ...
+
+    async def read_workers(self) -> list[WorkerInfo]: ...
 
     # Server-side (the scheduler's timer and the heartbeat monitor), not for flow code.
     async def dispatch_run(self, flow_run_id: uuid.UUID) -> bool: ...

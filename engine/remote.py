@@ -92,12 +92,13 @@ class RemoteEngine:
         pool: str,
         flow_run_ids: list[Any],
         attempts: dict[Any, int] | None = None,
+        info: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Send a worker's heartbeat; the reply grants its lease and names the runs to stop
         (`engine.server.heartbeats`)."""
         reply = await self.call(
             "heartbeat", worker_id=worker_id, pool=pool, flow_run_ids=flow_run_ids,
-            attempts=attempts,
+            attempts=attempts, info=info,
         )
         return reply if isinstance(reply, dict) else {}
 

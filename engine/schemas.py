@@ -131,6 +131,17 @@ class OrchestrationResult(BaseModel):
 POOL_NAME_PATTERN = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$"
 
 
+def check_pool_name(name: str) -> str:
+    """`name` if it is a valid work pool name; `ConfigError` saying what is allowed otherwise."""
+    from engine.errors import ConfigError
+
+    if len(name) > 255 or not re.match(POOL_NAME_PATTERN, name):
+        raise ConfigError(
+            f"work pool {name!r}: a pool name is letters, digits, '_', '-' and dots between them"
+        )
+    return name
+
+
 _INTERVAL_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])", re.IGNORECASE)
 _INTERVAL_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
@@ -257,3 +268,61 @@ class CodeChunk(BaseModel):
     offset: int
     #: the bytes from `offset`, base64
     data: str
+
+
+class WorkerInfo(BaseModel):
+    """A worker as its heartbeats describe it (``flowrelay worker ls``)."""
+
+    id: str
+    pool: str
+    last_seen: dt.datetime
+    #: heard within the server's heartbeat timeout
+    alive: bool
+    #: the runs it said it holds in its last heartbeat
+    runs: list[str] = Field(default_factory=list)
+    concurrency: int | None = None
+    mode: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    #: the code versions its warm children have imported (bundle hashes, or "env")
+    code: list[str] = Field(default_factory=list)
+
+
+#: Due, unclaimed runs: what a pool without a live worker leaves waiting.
+_DUE_NAMES = ("Scheduled", "Late", "AwaitingRetry")
+
+
+class WorkPool(BaseModel):
+    """A work pool: its concurrency limit, its workers and its open runs."""
+
+    name: str
+    concurrency_limit: int | None = None
+    workers: list[WorkerInfo] = Field(default_factory=list)
+    live_workers: int = 0
+    #: the last heartbeat of any of its workers (None: none recorded)
+    last_heard: dt.datetime | None = None
+    #: open runs by state name
+    runs: dict[str, int] = Field(default_factory=dict)
+    #: runs Pending, Running or Cancelling (what the limit counts, with dispatched ones)
+    busy: int = 0
+    #: runs due and unclaimed for over a heartbeat timeout while no worker is live
+    waiting_without_worker: int = 0
+    heartbeat_timeout: float = 30.0
+
+    def waiting_reason(self, run: FlowRun, now: dt.datetime) -> str | None:
+        """``waiting: no live worker on pool P (...)`` when `run` is due and unclaimed and this
+        pool has had no live worker for over a heartbeat timeout; else None."""
+        state = run.state
+        if state is None or state.type is not StateType.SCHEDULED or state.name not in _DUE_NAMES:
+            return None
+        if self.live_workers:
+            return None
+        due = state.details.scheduled_time or run.expected_start_time or run.created
+        if (now - due).total_seconds() <= self.heartbeat_timeout:
+            return None
+        if self.last_heard is not None and (now - self.last_heard).total_seconds() <= self.heartbeat_timeout:
+            return None
+        heard = (f"last worker heard {int((now - self.last_heard).total_seconds())} s ago"
+                 if self.last_heard is not None else "no worker has served it")
+        return (f"waiting: no live worker on pool {self.name} ({heard}); start one with: "
+                f"flowrelay worker --pool {self.name}")

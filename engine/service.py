@@ -46,9 +46,9 @@ from sqlalchemy.orm import Session
 from engine import deployments
 from engine import flow_runs as core
 from engine.code import store as code_store
+from engine.db import pools, workers
 from engine.db import repository as repo
 from engine.db import runs as core_runs
-from engine.db import workers
 from engine.db.engine import create_db_engine, migrate, read_only
 from engine.db.group_commit import GroupCommit, RetryPolicy, after_commit, is_unavailable
 from engine.db.models import (
@@ -67,6 +67,7 @@ from engine.db.servers import new_server_id
 from engine.deployments.bulk import DueDispatch, dispatch_due
 from engine.errors import (
     CodeError,
+    ConfigError,
     InvalidTransition,
     ObjectNotFound,
     ParameterValidationError,
@@ -86,6 +87,9 @@ from engine.schemas import (
     LogRecord,
     OrchestrationResult,
     TaskRun,
+    WorkerInfo,
+    WorkPool,
+    check_pool_name,
 )
 from engine.states import Crashed, Pending, Scheduled, State, StateType, utcnow
 
@@ -129,11 +133,14 @@ class EngineService:
         server_id: str | None = None,
         code_bundle_dir: str = "",
         max_bundle_bytes: int = 50_000_000,
+        heartbeat_timeout: float = 30.0,
     ) -> None:
         self.url = url
         #: where bundles are kept ("" = in the database) and the largest accepted (`engine.code`)
         self.code_bundle_dir = code_bundle_dir
         self.max_bundle_bytes = max_bundle_bytes
+        #: a worker not heard for this long is not live (`read_work_pools`, `read_workers`)
+        self.heartbeat_timeout = heartbeat_timeout
         #: who writes through this service: its outbox rows carry it (`engine.server.leases`)
         self.server_id = server_id or new_server_id()
         self.result_max_bytes = result_max_bytes
@@ -582,6 +589,39 @@ class EngineService:
         return CodeChunk(hash=hash, size=size, offset=offset,
                          data=base64.b64encode(chunk).decode("ascii"))
 
+    # --- work pools and workers (engine/db/pools.py) ------------------------------------------
+    async def read_work_pools(self) -> list[WorkPool]:
+        """Every known pool: its limit, workers and open runs."""
+        async with self._read() as session:
+            return await pools.read_pools(session, utcnow(), self.heartbeat_timeout)
+
+    async def read_work_pool(self, name: str) -> WorkPool:
+        """One pool (a pool nobody has used yet reads as empty)."""
+        async with self._read() as session:
+            (pool,) = await pools.read_pools(session, utcnow(), self.heartbeat_timeout, [name])
+        return pool
+
+    async def set_work_pool_concurrency(self, name: str, limit: int | None) -> WorkPool:
+        """Set (None: clear) how many runs of pool `name` may hold a slot at once (dispatched,
+        Pending, Running); over it, due runs wait ``AwaitingConcurrencySlot`` without polling.
+        A raised or cleared limit hands the free slots to the oldest waiting runs at once."""
+        if limit is not None and limit < 1:
+            raise ConfigError(f"work pool {name!r}: a concurrency limit is at least 1, not {limit}")
+        check_pool_name(name)
+
+        async def change(session: AsyncSession) -> None:
+            now = utcnow()
+            await pools.set_limit(session, name, limit, now)
+            await deployments.release_pool_slots(session, name, enter=self._enter_flow_run_state, now=now)
+
+        await self._transact(change)
+        return await self.read_work_pool(name)
+
+    async def read_workers(self) -> list[WorkerInfo]:
+        """Workers with a recorded heartbeat (live or not yet judged lost)."""
+        async with self._read() as session:
+            return await pools.read_workers(session, utcnow(), self.heartbeat_timeout)
+
     # --- deployments (engine/deployments.py) ------------------------------------------------
     async def register_deployment(self, spec: DeploymentSpec) -> Deployment:
         """Create the deployment, or update it as its next version."""
@@ -716,13 +756,14 @@ class EngineService:
         flow_run_ids: list[str] | None = None,
         *,
         at: dt.datetime | None = None,
+        info: dict[str, Any] | None = None,
     ) -> None:
         """Record that `worker_id`, holding `flow_run_ids`, was heard now, or `at` (shared by
-        every server on the database)."""
+        every server on the database), with what it says about itself (`info`)."""
         now = at or utcnow()
         ids = [str(i) for i in flow_run_ids or ()]
         await self._transact(
-            lambda session: workers.record(session, worker_id, pool, now, ids), events=False
+            lambda session: workers.record(session, worker_id, pool, now, ids, info), events=False
         )
 
     async def superseded_attempts(self, attempts: Mapping[uuid.UUID, int]) -> list[uuid.UUID]:

@@ -88,6 +88,9 @@ class StateDetails(BaseModel):
     #: A Failed or Crashed state's cause: ``{"type", "message", "traceback"}``, the traceback
     #: with the engine's frames trimmed (`engine.runtime.failures`).
     error: dict[str, Any] | None = None
+    #: On Running: the code the worker executes (a deployed bundle's ``sha256:`` hash, or
+    #: "env": code installed where the worker runs).
+    code: str | None = None
 
 
 class State(BaseModel):

@@ -313,6 +313,15 @@ class Worker:
                 else:
                     await self._activity.wait()
 
+    def info(self) -> dict[str, Any]:
+        """What this worker says about itself in each heartbeat (``flowrelay worker ls``)."""
+        code = self._children.code_loaded if self._children is not None else self.code.loaded
+        return {
+            "concurrency": self.concurrency, "mode": self.mode, "host": socket.gethostname(),
+            "pid": os.getpid(), "started": self._started_at, "code": code,
+            "running": len(self._claimed_ids()),
+        }
+
     def _claimed_ids(self) -> list[uuid.UUID]:
         return [run_id for run_id, run in self._runs.items() if run.task is not None]
 
@@ -722,7 +731,8 @@ class Worker:
             }
             try:
                 async with asyncio.timeout(max(self.heartbeat_interval, 1.0)):
-                    reply = await beat(self.worker_id, self.pool, self._claimed_ids(), attempts)
+                    reply = await beat(self.worker_id, self.pool, self._claimed_ids(), attempts,
+                                       info=self.info())
             except Exception as exc:  # noqa: BLE001 - a missed beat is logged, never fatal
                 left = self._lease.value - time.monotonic()
                 self._log.warning("heartbeat failed", error=f"{type(exc).__name__}: {exc}",

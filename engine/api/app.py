@@ -24,7 +24,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.api import automations, deployments, events, runs
+from engine.api import automations, deployments, events, pools, runs
 from engine.api.auth import Ctx, require_read
 from engine.api.context import ApiContext
 from engine.api.errors import ApiError
@@ -73,6 +73,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     _add_error_handlers(app)
     app.include_router(runs.router)
     app.include_router(deployments.router)
+    app.include_router(pools.router)
     app.include_router(automations.router)
     app.include_router(events.router)
     _add_service_routes(app)

@@ -227,6 +227,27 @@ class _ScrapeCollector(Collector):
         yield workers
         yield age
         yield held
+        stranded = GaugeMetricFamily(
+            "flowrelay_runs_without_worker",
+            "Runs due and unclaimed for over a heartbeat timeout while their pool has no live worker",
+            labels=["pool"],
+        )
+        busy = GaugeMetricFamily(
+            "flowrelay_work_pool_busy_runs", "Runs Pending, Running or Cancelling, by pool",
+            labels=["pool"],
+        )
+        limits = GaugeMetricFamily(
+            "flowrelay_work_pool_concurrency_limit", "Pools' concurrency limits (pools with one)",
+            labels=["pool"],
+        )
+        for name, limit, _live, pool_busy, without in snap.pools:
+            stranded.add_metric([name], without)
+            busy.add_metric([name], pool_busy)
+            if limit is not None:
+                limits.add_metric([name], limit)
+        yield stranded
+        yield busy
+        yield limits
         owned = GaugeMetricFamily(
             "flowrelay_server_partitions",
             "Partitions of the work (due runs, schedules) each live server leases; a server "

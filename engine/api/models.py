@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from engine.schemas import FlowRun
+from engine.schemas import FlowRun, WorkPool
 from engine.states import utcnow
 
 T = TypeVar("T")
@@ -68,10 +68,15 @@ class FlowRunItem(BaseModel):
     parent_task_run_id: uuid.UUID | None = None
     idempotency_key: str | None
     tags: list[str]
+    #: "waiting: no live worker on pool P ..." when the run is due and unclaimed while its pool
+    #: has had no live worker for over a heartbeat timeout
+    waiting: str | None = None
 
     @classmethod
-    def of(cls, run: FlowRun, now: dt.datetime | None = None) -> FlowRunItem:
-        return cls(**_item_fields(run, now or utcnow()))
+    def of(cls, run: FlowRun, now: dt.datetime | None = None, pools: dict[str, WorkPool] | None = None) -> FlowRunItem:
+        now = now or utcnow()
+        pool = (pools or {}).get(run.work_pool or "")
+        return cls(**_item_fields(run, now), waiting=pool.waiting_reason(run, now) if pool else None)
 
 
 class FlowRunDetail(FlowRunItem):
@@ -84,10 +89,12 @@ class FlowRunDetail(FlowRunItem):
     error: dict[str, Any] | None = None
 
     @classmethod
-    def of_run(cls, run: FlowRun, children: list[uuid.UUID]) -> FlowRunDetail:
+    def of_run(cls, run: FlowRun, children: list[uuid.UUID], pool: WorkPool | None = None) -> FlowRunDetail:
+        now = utcnow()
         return cls(
-            **_item_fields(run, utcnow()), result=run.result, caused_by=run.caused_by,
+            **_item_fields(run, now), result=run.result, caused_by=run.caused_by,
             children=children, error=run.state.details.error if run.state is not None else None,
+            waiting=pool.waiting_reason(run, now) if pool is not None else None,
         )
 
 

@@ -176,6 +176,8 @@ class Snapshot:
     dead_letter_queue: int | None = None
     #: live servers with the partitions they own (`engine.db.servers.live_servers`)
     servers: list[dict[str, Any]] = field(default_factory=list)
+    #: pools: (name, concurrency limit, live workers, busy runs, runs stranded without a worker)
+    pools: list[tuple[str, int | None, int, int, int]] = field(default_factory=list)
 
 
 async def snapshot(service: EngineService) -> Snapshot:
@@ -201,6 +203,8 @@ async def snapshot(service: EngineService) -> Snapshot:
             for row in heartbeats
         ]
         out.servers = await servers.live_servers(session)
+    out.pools = [(p.name, p.concurrency_limit, p.live_workers, p.busy, p.waiting_without_worker)
+                 for p in await service.read_work_pools()]
     return out
 
 

@@ -14,7 +14,7 @@ from engine.api.auth import Ctx, require_read, require_write
 from engine.api.errors import Conflict
 from engine.api.models import FlowRunDetail, FlowRunItem, Page
 from engine.schemas import FlowRun, LogRecord, TaskRun
-from engine.states import State, StateType
+from engine.states import State, StateType, utcnow
 
 router = APIRouter(prefix="/api/flow-runs", tags=["flow runs"])
 
@@ -50,13 +50,19 @@ async def list_flow_runs(
         states=state or (), flows=flow or (), deployments=deployment or (),
         since=aware(since), until=aware(until), limit=limit, offset=offset,
     ))
-    return Page(items=[FlowRunItem.of(r) for r in runs], total=total, limit=limit, offset=offset)
+    now = utcnow()
+    waiting = [r for r in runs if r.state is not None and r.state.is_scheduled() and r.work_pool]
+    pools = {p.name: p for p in await ctx.service.read_work_pools()} if waiting else {}
+    return Page(items=[FlowRunItem.of(r, now, pools) for r in runs], total=total, limit=limit, offset=offset)
 
 
 @router.get("/{flow_run_id}", dependencies=[Depends(require_read)], summary="One flow run")
 async def read_flow_run(ctx: Ctx, flow_run_id: uuid.UUID) -> FlowRunDetail:
     run = await _run(ctx, flow_run_id)
-    return FlowRunDetail.of_run(run, await queries.child_ids(ctx.service, flow_run_id))
+    pool = None
+    if run.state is not None and run.state.is_scheduled() and run.work_pool:
+        pool = await ctx.service.read_work_pool(run.work_pool)
+    return FlowRunDetail.of_run(run, await queries.child_ids(ctx.service, flow_run_id), pool)
 
 
 @router.get("/{flow_run_id}/states", dependencies=[Depends(require_read)],

@@ -77,6 +77,9 @@ def _register_optional(app: typer.Typer) -> None:
         worker_cmd = None  # type: ignore[assignment]
     if worker_cmd is not None:
         worker_cmd.register(app)
+    from engine.cli import pool_cmd
+
+    pool_cmd.register(app)
 
 
 def run_cli(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,8 @@ watching its states and logs (from events, not polling) until it is final."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import uuid
 from typing import Annotated, Any
@@ -78,15 +80,23 @@ async def _watch(run_id: uuid.UUID, timeout: float | None, *, quiet: bool) -> Fl
         waiter = await embedded.waiter()
         printed_logs: set[uuid.UUID] = set()
         final: FlowRun | None = None
-        async for item in waiter.follow(api, run_id, timeout):
-            if isinstance(item, FlowRun):
-                final = item
-                break
-            if not quiet:
-                msg = item.payload.get("message")
-                typer.echo(f"{output.local_time(item.occurred, precise=True)}  {item.payload.get('state')}"
-                           f"{'  ' + msg if msg else ''}")
-                await _print_logs(api, run_id, printed_logs)
+        notice = None if quiet else asyncio.get_running_loop().create_task(
+            _notice_no_worker(api, run_id), name=f"flowrelay-watch-notice-{run_id}")
+        try:
+            async for item in waiter.follow(api, run_id, timeout):
+                if isinstance(item, FlowRun):
+                    final = item
+                    break
+                if not quiet:
+                    msg = item.payload.get("message")
+                    typer.echo(f"{output.local_time(item.occurred, precise=True)}  {item.payload.get('state')}"
+                               f"{'  ' + msg if msg else ''}")
+                    await _print_logs(api, run_id, printed_logs)
+        finally:
+            if notice is not None:
+                notice.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await notice
         assert final is not None
         if not quiet:
             await _print_logs(api, run_id, printed_logs)
@@ -102,6 +112,30 @@ async def _watch(run_id: uuid.UUID, timeout: float | None, *, quiet: bool) -> Fl
         return await embedded.call(follow)
     except TimeoutError:
         raise ValueError(f"flow run {run_id} did not finish within {timeout:g} s (still running)") from None
+
+
+async def _notice_no_worker(api: Any, run_id: uuid.UUID) -> None:
+    """While the watched run waits, say so once its pool has had no live worker for over a
+    heartbeat timeout ("waiting: no live worker on pool P ..."), again after a worker came and went. A
+    read every few seconds of the pool, for the notice only: the run's progress comes from
+    events."""
+    said: str | None = None
+    pause = 2.0
+    while True:
+        await asyncio.sleep(pause)
+        try:
+            run = await api.read_flow_run(run_id)
+            if run.state is None or not run.state.is_scheduled() or not run.work_pool:
+                reason = None
+            else:
+                pool = await api.read_work_pool(run.work_pool)
+                reason = pool.waiting_reason(run, utcnow())
+                pause = max(2.0, min(pool.heartbeat_timeout / 3, 10.0))
+        except Exception:  # noqa: BLE001 - the notice is a courtesy; the watch goes on
+            continue
+        if reason and not said:
+            typer.echo(reason)
+        said = reason
 
 
 async def _print_logs(api: Any, run_id: uuid.UUID, printed: set[uuid.UUID]) -> None:

@@ -83,6 +83,7 @@ def inspect_run(run_id: RunId, as_json: JsonOption = False) -> None:
     task_runs: list[TaskRun] = client.read_task_runs(run.id)
     children: list[FlowRun] = client.read_children(run.id)
     parent = _parent(client, run)
+    waiting = _waiting_reason(client, run)
     if as_json:
         data = run.model_dump(mode="json")
         data.update(
@@ -91,10 +92,14 @@ def inspect_run(run_id: RunId, as_json: JsonOption = False) -> None:
             parent=output.to_jsonable(parent),
             children=output.to_jsonable(children),
             error=run.state.details.error if run.state is not None else None,
+            code=executed_code(states),
+            waiting=waiting,
         )
         output.print_json(data)
         return
     _print_inspect(run, states, task_runs, parent, children)
+    if waiting:
+        output.console().print(f"\n[bold red]{escape(waiting)}[/]")
 
 
 @app.command("logs")
@@ -130,6 +135,26 @@ def _parent(client: Any, run: FlowRun) -> FlowRun | None:
     return parent
 
 
+def _waiting_reason(client: Any, run: FlowRun) -> str | None:
+    """Why a due run is not starting, when its pool has no live worker (None otherwise)."""
+    if not run.work_pool or run.state is None or not run.state.is_scheduled():
+        return None
+    from engine.states import utcnow
+
+    try:
+        pool = client.read_work_pool(run.work_pool)
+    except Exception:  # noqa: BLE001 - an older server: no flag, the rest still shows
+        return None
+    reason: str | None = pool.waiting_reason(run, utcnow())
+    return reason
+
+
+def executed_code(states: list[State]) -> str | None:
+    """The code the run's latest execution ran (its last Running state says: a bundle's hash,
+    or "env"), None if it never ran on a worker."""
+    return next((s.details.code for s in reversed(states) if s.is_running() and s.details.code), None)
+
+
 def _attempts_text(run: FlowRun) -> str:
     """Claims made of the run by workers, and which attempt its current state belongs to."""
     if not run.attempts:
@@ -163,6 +188,7 @@ def _print_inspect(
         ("duration", output.duration(run.start_time, run.end_time)),
         ("run count", str(run.run_count)),
         ("attempts", _attempts_text(run)),
+        ("code", escape(executed_code(states) or "-")),
         ("parameters", escape(output.result_text(run.parameters))),
         ("result", escape(output.result_text(run.result)) if run.result is not None else "-"),
         (

@@ -20,12 +20,22 @@ NEEDS_RABBITMQ = (
 )
 
 
+worker_app = typer.Typer(
+    help="Serve a work pool (flowrelay worker --pool NAME), or list workers (flowrelay worker ls).",
+)
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``worker`` command to `app`."""
-    app.command("worker")(worker)
+    """Add the ``worker`` group to `app`: serving a pool, and ``worker ls``."""
+    from engine.cli.pool_cmd import workers_ls
+
+    worker_app.callback(invoke_without_command=True)(worker)
+    worker_app.command("ls")(workers_ls)
+    app.add_typer(worker_app, name="worker")
 
 
 def worker(
+    ctx: typer.Context,
     pool: Annotated[
         str | None,
         typer.Option("--pool", help="The work pool to serve (default: worker.pool, 'default')."),
@@ -49,8 +59,10 @@ def worker(
 
     Needs RabbitMQ (broker.url amqp://...) and a running `flowrelay server`; never the database.
     SIGTERM or Ctrl-C stops taking runs, lets running ones finish for --drain-timeout seconds,
-    hands the rest back to the pool, and exits 0.
+    hands the rest back to the pool, and exits 0. ``flowrelay worker ls`` lists live workers.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from engine.settings import get_settings
     from workers.errors import WorkerConfigError
 

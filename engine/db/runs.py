@@ -27,7 +27,14 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
-from engine.db.models import DeploymentRow, EventRow, FlowRunRow, FlowRunStateRow, LogRow
+from engine.db.models import (
+    DeploymentRow,
+    EventRow,
+    FlowRunRow,
+    FlowRunStateRow,
+    LogRow,
+    WorkPoolRow,
+)
 from engine.errors import FlowrelayError
 
 FLOW_RUNS = cast(Table, FlowRunRow.__table__)
@@ -35,6 +42,7 @@ FLOW_RUN_STATES = cast(Table, FlowRunStateRow.__table__)
 EVENTS = cast(Table, EventRow.__table__)
 DEPLOYMENTS = cast(Table, DeploymentRow.__table__)
 LOGS = cast(Table, LogRow.__table__)
+WORK_POOLS = cast(Table, WorkPoolRow.__table__)
 
 #: Columns a state change (or a dispatch) may change.
 MUTABLE = (
@@ -67,6 +75,7 @@ _DEPLOYMENT_BY_ID = select(DEPLOYMENTS).where(DEPLOYMENTS.c.id == bindparam("dep
 _DEPLOYMENT_LIMIT = select(DEPLOYMENTS.c.concurrency_limit).where(
     DEPLOYMENTS.c.id == bindparam("dep_id")
 )
+_POOL_LIMIT = select(WORK_POOLS.c.concurrency_limit).where(WORK_POOLS.c.name == bindparam("pool"))
 
 
 class ConcurrentUpdate(FlowrelayError):
@@ -149,8 +158,16 @@ def deployment_limit(conn: Connection, deployment_id: uuid.UUID) -> int | None:
     return limit
 
 
+def pool_limit(conn: Connection, pool: str | None) -> int | None:
+    """The work pool's concurrency limit (None: none), unlocked."""
+    if not pool:
+        return None
+    limit: int | None = conn.execute(_POOL_LIMIT, {"pool": pool}).scalar()
+    return limit
+
+
 __all__ = [
-    "ConcurrentUpdate", "RunRecord", "deployment_by_id", "deployment_by_name", "deployment_limit",
+    "ConcurrentUpdate", "RunRecord", "deployment_by_id", "deployment_by_name", "deployment_limit", "pool_limit",
     "insert_events", "insert_logs", "insert_run", "insert_states", "load", "load_by_key", "record",
     "save",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -26,12 +27,16 @@ _HELD_TYPES = (StateType.PENDING.value, StateType.RUNNING.value)
 
 
 async def record(
-    session: AsyncSession, worker_id: str, pool: str, now: dt.datetime, flow_run_ids: list[str]
+    session: AsyncSession, worker_id: str, pool: str, now: dt.datetime, flow_run_ids: list[str],
+    info: dict[str, Any] | None = None,
 ) -> None:
-    """Upsert the worker's row with `now` as its last heartbeat and the runs it holds."""
+    """Upsert the worker's row with `now` as its last heartbeat, the runs it holds and what it
+    says about itself (kept from an earlier beat when this one says nothing)."""
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    values = {"pool": pool, "last_seen": now, "flow_run_ids": flow_run_ids}
+    values: dict[str, Any] = {"pool": pool, "last_seen": now, "flow_run_ids": flow_run_ids}
+    if info is not None:
+        values["info"] = info
     stmt = insert(WorkerHeartbeatRow).values(worker_id=worker_id, **values)
     stmt = stmt.on_conflict_do_update(index_elements=["worker_id"], set_=values)
     await session.execute(stmt)

@@ -45,7 +45,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from engine.db.runs import DEPLOYMENTS, EVENTS, FLOW_RUNS, RunRecord
+from engine.db.runs import DEPLOYMENTS, EVENTS, FLOW_RUNS, WORK_POOLS, RunRecord
 from engine.deployments.slots import DISPATCHABLE, EnterState, dispatch_run, dispatch_values
 from engine.schemas import Event
 from engine.states import StateType
@@ -121,10 +121,13 @@ async def dispatch_due(
 
     bulk: list[tuple[RunRecord, Any]] = []
     limited: list[uuid.UUID] = []
+    limited_pools = set((await session.execute(
+        select(WORK_POOLS.c.name).where(WORK_POOLS.c.concurrency_limit.is_not(None))
+    )).scalars()) if rows else set()
     for row in rows:
         if not _dispatchable(row):
             continue
-        if row["dep_concurrency_limit"] is not None:
+        if row["dep_concurrency_limit"] is not None or row["dep_work_pool"] in limited_pools:
             if at.get(row["id"], now) > now:
                 out.deferred.append(row["id"])
             else:

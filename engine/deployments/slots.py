@@ -29,7 +29,14 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.db import repository as repo
-from engine.db.models import Base, DeploymentRow, EventRow, FlowRunRow, FlowRunStateRow
+from engine.db.models import (
+    Base,
+    DeploymentRow,
+    EventRow,
+    FlowRunRow,
+    FlowRunStateRow,
+    WorkPoolRow,
+)
 from engine.errors import ObjectNotFound
 from engine.schemas import Event, FlowRun
 from engine.states import State, StateDetails, StateType, utcnow
@@ -64,25 +71,60 @@ def holds_slot(row: Any) -> bool:
     return row.state_type == StateType.SCHEDULED.value and row.dispatched_at is not None
 
 
-async def _free_slots(session: AsyncSession, dep: DeploymentRow) -> int | None:
-    """Free slots of `dep` (None: no limit). Call with the deployment row locked."""
+def _holding() -> Any:
+    return or_(
+        FlowRunRow.state_type.in_(_ACTIVE_TYPES),
+        and_(
+            FlowRunRow.state_type == StateType.SCHEDULED.value,
+            FlowRunRow.dispatched_at.is_not(None),
+        ),
+    )
+
+
+async def _deployment_free(session: AsyncSession, dep: DeploymentRow) -> int | None:
+    """Free slots of `dep` by its own limit (None: no limit). Call with the row locked."""
     if dep.concurrency_limit is None:
         return None
     busy = await session.scalar(
-        select(func.count())
-        .select_from(FlowRunRow)
-        .where(
-            FlowRunRow.deployment_id == dep.id,
-            or_(
-                FlowRunRow.state_type.in_(_ACTIVE_TYPES),
-                and_(
-                    FlowRunRow.state_type == StateType.SCHEDULED.value,
-                    FlowRunRow.dispatched_at.is_not(None),
-                ),
-            ),
-        )
+        select(func.count()).select_from(FlowRunRow)
+        .where(FlowRunRow.deployment_id == dep.id, _holding())
     )
     return max(dep.concurrency_limit - (busy or 0), 0)
+
+
+async def _pool_free(session: AsyncSession, pool: str | None) -> tuple[int | None, int | None]:
+    """``(free slots, limit)`` of work pool `pool` (``(None, None)``: no limit), its row locked
+    for this transaction (PostgreSQL): lock order run → deployment → pool → waiting runs."""
+    if not pool:
+        return None, None
+    limit = await session.scalar(
+        select(WorkPoolRow.concurrency_limit).where(WorkPoolRow.name == pool)
+        .with_for_update(key_share=True)
+    )
+    if limit is None:
+        return None, None
+    busy = await session.scalar(
+        select(func.count()).select_from(FlowRunRow)
+        .where(FlowRunRow.work_pool == pool, _holding())
+    )
+    return max(limit - (busy or 0), 0), limit
+
+
+async def _free_slots(session: AsyncSession, dep: DeploymentRow) -> tuple[int | None, str]:
+    """Free slots for a run of `dep` (None: no limit applies): the fewer of its deployment's and
+    its pool's, and which of them binds (for the waiting run's message)."""
+    own = await _deployment_free(session, dep)
+    if own == 0:
+        return 0, _deployment_full(dep)
+    pool, limit = await _pool_free(session, dep.work_pool)
+    if pool is not None and (own is None or pool < own):
+        return pool, f"work pool '{dep.work_pool}' is at its concurrency limit ({limit})"
+    return own, _deployment_full(dep)
+
+
+def _deployment_full(dep: DeploymentRow) -> str:
+    return (f"deployment '{dep.flow_name}/{dep.name}' is at its concurrency limit "
+            f"({dep.concurrency_limit})")
 
 
 def dispatch(row: FlowRunRow, dep: DeploymentRow, now: dt.datetime) -> EventRow:
@@ -131,14 +173,8 @@ def dispatch_values(row: Any, dep: Any, now: dt.datetime) -> tuple[Event, dict[s
     return event, values
 
 
-def _waiting(dep: DeploymentRow, state: State) -> State:
-    return State(
-        type=StateType.SCHEDULED,
-        name=WAITING,
-        message=f"deployment '{dep.flow_name}/{dep.name}' is at its concurrency limit "
-        f"({dep.concurrency_limit})",
-        details=state.details,
-    )
+def _waiting(why: str, state: State) -> State:
+    return State(type=StateType.SCHEDULED, name=WAITING, message=why, details=state.details)
 
 
 async def plan_new_run(
@@ -150,22 +186,22 @@ async def plan_new_run(
         return state, False
     if (state.details.scheduled_time or now) > now:
         return state, False  # the server's timer calls `dispatch_run` when it is due
-    free = await _free_slots(session, dep)
+    free, why = await _free_slots(session, dep)
     if free is None or free > 0:
         return state, True
-    return _waiting(dep, state), False
+    return _waiting(why, state), False
 
 
 async def _dispatch_or_wait(
     session: AsyncSession, row: FlowRunRow, dep: DeploymentRow, enter: EnterState, now: dt.datetime
 ) -> bool:
-    free = await _free_slots(session, dep)
+    free, why = await _free_slots(session, dep)
     if free is None or free > 0:
         session.add(dispatch(row, dep, now))
         return True
     current = repo.current_state(row)
     assert current is not None
-    session.add_all(enter(row, _waiting(dep, current)))
+    session.add_all(enter(row, _waiting(why, current)))
     row.updated = now
     return False
 
@@ -199,7 +235,7 @@ async def release_slots(
 ) -> None:
     """Give the free slots of `dep` (locked) to its oldest AwaitingConcurrencySlot runs: each goes
     Scheduled and is dispatched."""
-    free = await _free_slots(session, dep)
+    free, _ = await _free_slots(session, dep)
     if free == 0:
         return
     query = (
@@ -223,6 +259,54 @@ async def release_slots(
         session.add_all(enter(waiting, scheduled))
         waiting.updated = now
         session.add(dispatch(waiting, dep, now))
+
+
+async def release_pool_slots(
+    session: AsyncSession, pool: str, *, enter: EnterState, now: dt.datetime,
+    limited_only: bool = False,
+) -> int:
+    """Give the free slots of work pool `pool` to its oldest AwaitingConcurrencySlot runs whose
+    own deployment has a slot too; how many went. `limited_only`: do nothing for a pool without
+    a limit (a run finishing there frees nobody; a limit just cleared frees them all).
+
+    Waiting runs are taken ``SKIP LOCKED`` and so are their deployments (taken after the pool, a
+    lock order others never wait against): one being changed elsewhere is left to that change,
+    which decides its slots itself."""
+    free, _ = await _pool_free(session, pool)
+    if free == 0 or (free is None and limited_only):
+        return 0
+    query = (
+        select(FlowRunRow)
+        .where(
+            FlowRunRow.work_pool == pool,
+            FlowRunRow.deployment_id.is_not(None),
+            FlowRunRow.state_type == StateType.SCHEDULED.value,
+            FlowRunRow.state_name == WAITING,
+        )
+        .order_by(FlowRunRow.created, FlowRunRow.id)
+        .with_for_update(skip_locked=True, key_share=True)
+        .execution_options(populate_existing=True)
+    )
+    released = 0
+    for waiting in (await session.scalars(query)).all():
+        if free is not None and released >= free:
+            break
+        dep = await session.scalar(
+            select(DeploymentRow).where(DeploymentRow.id == waiting.deployment_id)
+            .with_for_update(skip_locked=True, key_share=True)
+            .execution_options(populate_existing=True)
+        )
+        if dep is None or await _deployment_free(session, dep) == 0:
+            continue
+        details = StateDetails(**(waiting.state_details or {}))
+        scheduled = State(
+            type=StateType.SCHEDULED, message="a concurrency slot is free", details=details
+        )
+        session.add_all(enter(waiting, scheduled))
+        waiting.updated = now
+        session.add(dispatch(waiting, dep, now))
+        released += 1
+    return released
 
 
 async def on_state_entered(
@@ -249,6 +333,8 @@ async def on_state_entered(
         # Without a limit no run waits for a slot (`register` frees them when it is lifted).
         if dep is not None and dep.concurrency_limit is not None:
             await release_slots(session, dep, enter=enter, now=now)
+        if row.work_pool:
+            await release_pool_slots(session, row.work_pool, enter=enter, now=now, limited_only=True)
 
 
 async def _retry_crashed(

@@ -69,6 +69,7 @@ class Server:
             unavailable_timeout=settings.database.unavailable_timeout_seconds,
             code_bundle_dir=settings.code.bundle_dir,
             max_bundle_bytes=int(settings.code.max_bundle_mb * 1e6),
+            heartbeat_timeout=settings.server.heartbeat_timeout_seconds,
         )
         #: its share of the work no request owns (`engine.server.leases`); SQLite runs one
         #: server, which takes it all at start

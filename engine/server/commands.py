@@ -26,6 +26,7 @@ SERVICE_COMMANDS = (
     "register_deployment", "read_deployment", "read_deployments", "set_deployment_paused",
     "create_deployment_run", "runs_held_by", "register_deployments", "dispatch_run", "due_runs",
     "has_code_bundle", "store_code_bundle", "read_code_bundle",
+    "read_work_pools", "read_work_pool", "set_work_pool_concurrency", "read_workers",
 )
 
 

@@ -112,16 +112,18 @@ class HeartbeatMonitor:
         pool: str,
         flow_run_ids: list[str],
         attempts: dict[uuid.UUID, int] | None = None,
+        info: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Record the heartbeat; reply with the worker's lease and the runs it must stop
-        (`attempts`: the attempt of each run it is executing).
+        (`attempts`: the attempt of each run it is executing; `info`: what it says about itself,
+        shown by ``flowrelay worker ls``).
 
         While the database is unavailable the heartbeat cannot be recorded, and nobody can be
         judged either (this server judges nobody until a timeout after it is back): the lease is
         granted all the same, so an outage is waited out, not turned into lost workers."""
         if self._database_down():
             return {"lease_seconds": lease_seconds(self.timeout), "revoked": []}
-        await self.service.record_heartbeat(worker_id, pool, flow_run_ids, at=self.clock())
+        await self.service.record_heartbeat(worker_id, pool, flow_run_ids, at=self.clock(), info=info)
         revoked = await self.service.superseded_attempts(attempts) if attempts else []
         for run_id in revoked:
             log.warning("worker runs a superseded attempt: telling it to stop",

@@ -48,11 +48,12 @@ class Cluster:
         self.pool = f"pool-{uuid.uuid4().hex[:8]}"
         self.deployment = f"d{uuid.uuid4().hex[:8]}"
 
-    def spawn(self, *args: str, log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    def spawn(self, *args: str, log_name: str, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen[str]:
         log = open(self.workdir / f"{log_name}.log", "w")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            [FLOWRELAY, *args], env={**self.env, **(env or {})}, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True,
+            [FLOWRELAY, *args], env={**self.env, **(env or {})}, cwd=cwd or self.workdir, stdout=log,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
         proc._flowrelay_log = log  # type: ignore[attr-defined]
         self.procs.append(proc)
@@ -67,9 +68,10 @@ class Cluster:
         self.wait_ready()
         return proc
 
-    def start_worker(self, concurrency: int = 4, pool: str | None = None, name: str = "worker") -> subprocess.Popen[str]:
+    def start_worker(self, concurrency: int = 4, pool: str | None = None, name: str = "worker",
+                     cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         return self.spawn("worker", "--pool", pool or self.pool, "--concurrency", str(concurrency),
-                          log_name=f"{name}-{len(self.procs)}")
+                          log_name=f"{name}-{len(self.procs)}", cwd=cwd, env=env)
 
     def wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -86,6 +88,20 @@ class Cluster:
         if check:
             assert proc.returncode == 0, (args, proc.stdout[-3000:], proc.stderr[-3000:])
         return proc
+
+    def cli_in(self, cwd: Path, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """The CLI run from folder `cwd` (a user deploying from their project)."""
+        proc = subprocess.run([FLOWRELAY, *args], env=self.env, cwd=cwd, capture_output=True,
+                              text=True, timeout=timeout)
+        if check:
+            assert proc.returncode == 0, (args, proc.stdout[-3000:], proc.stderr[-3000:])
+        return proc
+
+    def stop_process(self, proc: subprocess.Popen[str], timeout: float = 30) -> None:
+        """SIGTERM one process (a worker drains and leaves) and wait for it."""
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
 
     def cli_json(self, *args: str) -> object:
         return json.loads(self.cli(*args, "--json").stdout)

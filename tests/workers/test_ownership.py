@@ -31,7 +31,7 @@ class Engine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.service, name)
 
-    async def heartbeat(self, worker_id, pool, flow_run_ids, attempts=None):
+    async def heartbeat(self, worker_id, pool, flow_run_ids, attempts=None, info=None):
         if self.down:
             raise ConnectionError("the server does not answer")
         self.beats += 1

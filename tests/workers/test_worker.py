@@ -179,7 +179,7 @@ async def test_heartbeats_name_the_running_runs(flows, service, dispatch, make_w
         def __getattr__(self, name):
             return getattr(service, name)
 
-        async def heartbeat(self, worker_id, pool, flow_run_ids, attempts=None):
+        async def heartbeat(self, worker_id, pool, flow_run_ids, attempts=None, info=None):
             beats.append((worker_id, pool, list(flow_run_ids)))
             return {"lease_seconds": 30.0, "revoked": []}
 

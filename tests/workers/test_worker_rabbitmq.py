@@ -33,7 +33,7 @@ async def test_process_mode_over_rabbitmq_claims_runs_heartbeats_and_completes(
 
     async def heartbeat(
         worker_id: str, pool: str, flow_run_ids: list[uuid.UUID],
-        attempts: dict[uuid.UUID, int] | None = None,
+        attempts: dict[uuid.UUID, int] | None = None, info: dict | None = None,
     ) -> dict:
         beats.append((worker_id, pool, flow_run_ids))
         seen.update(attempts or {})

@@ -7,6 +7,7 @@ import { h, fill } from "./util.js";
 import * as automations from "./pages/automations.js";
 import * as deployments from "./pages/deployments.js";
 import * as graph from "./pages/graph.js";
+import * as pools from "./pages/pools.js";
 import * as run from "./pages/run.js";
 import * as runs from "./pages/runs.js";
 
@@ -18,6 +19,7 @@ const ROUTES = [
   [/^\/deployments$/, deployments, "deployments"],
   [/^\/automations\/([^/]+)$/, automations, "automations"],
   [/^\/automations$/, automations, "automations"],
+  [/^\/work-pools$/, pools, "work-pools"],
 ];
 
 let cleanup = null;

@@ -91,7 +91,7 @@ export async function render(main, { params, isCurrent }) {
     children.clear();
     for (const child of listItems(kids)) children.add(String(child.id || child).toLowerCase());
     drawHead(parts.head, run, refreshSoon);
-    drawSummary(parts.summary, run);
+    drawSummary(parts.summary, run, listItems(states));
     drawWhy(parts.why, run);
     drawTimeline(parts.timeline, listItems(states));
     fill(parts.params, jsonBlock(run.parameters, "Parameters"));
@@ -149,17 +149,27 @@ function runDuration(run) {
   return `${duration(((parseTime(run.end_time) || new Date()) - start) / 1000)} (running)`;
 }
 
-function drawSummary(node, run) {
+/** The code the run's latest execution ran: its last Running state's `details.code`. */
+function executedCode(states) {
+  const running = states.filter((s) => s.type === "RUNNING" && s.details && s.details.code);
+  return running.length ? running[running.length - 1].details.code : null;
+}
+
+function drawSummary(node, run, states) {
+  const code = executedCode(states);
   fill(node, facts([
     ["Id", h("span", { class: "mono", id: "run-id" }, run.id)],
     ["Flow", run.flow_name],
     ["Deployment", deploymentLink(run.deployment)],
     ["State", h("span", {}, badge(run.state_type, run.state_name), run.state_message ? ` ${run.state_message}` : "")],
+    run.waiting ? ["Waiting", h("span", { class: "error-text", id: "run-waiting" }, run.waiting)] : null,
     ["Created", timeCell(run.created)],
     ["Started", timeCell(run.start_time)],
     ["Ended", timeCell(run.end_time)],
     ["Duration", runDuration(run)],
     run.work_pool ? ["Work pool", run.work_pool] : null,
+    run.deployment_version ? ["Version", String(run.deployment_version)] : null,
+    code ? ["Code", h("code", { id: "run-code", title: code }, code === "env" ? "installed on the worker" : code.slice(0, 19))] : null,
     run.idempotency_key ? ["Idempotency key", h("code", {}, run.idempotency_key)] : null,
     run.tags && run.tags.length ? ["Tags", run.tags.map((t) => h("span", { class: "tag" }, t))] : null,
   ]));

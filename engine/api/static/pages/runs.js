@@ -82,7 +82,8 @@ export async function render(main, { query, isCurrent }) {
     tr.dataset.state = run.state_name || "";
     fill(
       tr,
-      h("td", {}, badge(run.state_type, run.state_name)),
+      h("td", {}, badge(run.state_type, run.state_name),
+        run.waiting ? h("div", { class: "small error-text", "data-waiting": "", title: run.waiting }, "no live worker") : null),
       h("td", {}, runLink(run.id, run.name || run.id)),
       h("td", {}, run.flow_name),
       h("td", {}, deploymentLink(run.deployment)),
