@@ -47,6 +47,8 @@ class Cluster:
         self.record = Path(env["FLOWRELAY_TEST_RECORD"])
         self.pool = f"pool-{uuid.uuid4().hex[:8]}"
         self.deployment = f"d{uuid.uuid4().hex[:8]}"
+        #: other pools a test used (their queues are deleted with the cluster's)
+        self.extra_pools: list[str] = []
 
     def spawn(self, *args: str, log_name: str, env: dict[str, str] | None = None,
               cwd: Path | None = None) -> subprocess.Popen[str]:
@@ -170,7 +172,7 @@ def cluster(amqp_url: str, tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop()
-        _delete_topology(amqp_url, env["FLOWRELAY_BROKER__PREFIX"], [c.pool, "default"])
+        _delete_topology(amqp_url, env["FLOWRELAY_BROKER__PREFIX"], [c.pool, "default", *c.extra_pools])
 
 
 def _delete_topology(url: str, prefix: str, pools: list[str]) -> None:
