@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._cluster import cluster, deploy  # noqa: E402
+from bench._cluster import FLOWRELAY, cluster, deploy  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -82,6 +82,10 @@ def main() -> int:
             print(proc.stderr[-4000:], file=sys.stderr)
             return 1
         data = json.loads(proc.stdout.strip().splitlines()[-1])
+        # the deployment's bundle, as the worker cached it: fetched once per worker and hash
+        cached = sorted((Path(env["FLOWRELAY_HOME"]) / "code").glob("*.zip"))
+        workers = json.loads(subprocess.run([FLOWRELAY, "worker", "ls", "--json"], env=env,
+                                            capture_output=True, text=True, check=True).stdout)
     trips = data["trips_ms"]
     result = {
         "round_trip_ms": {"runs": len(trips), "min": min(trips), "median": statistics.median(trips),
@@ -90,6 +94,9 @@ def main() -> int:
                   "seconds": data["burst_seconds"], "runs_per_second": data["burst"] / data["burst_seconds"]},
         "cpu_ms_per_run": {"round_trip": data["cpu_trips"], "burst": data["cpu_burst"]},
         "targets": {"round_trip_median_ms": 15, "runs_per_second": 300},
+        "code": {"bundles_fetched": len(cached), "bundle_bytes": [p.stat().st_size for p in cached],
+                 "runs": len(trips) + data["burst"],
+                 "worker_code_loaded": [w.get("code") for w in workers]},
         "machine": {"cpus": os.cpu_count()},
     }
     rt, burst = result["round_trip_ms"], result["burst"]
@@ -100,6 +107,8 @@ def main() -> int:
     label = f"burst of {burst['runs']} runs: completed"
     print(f"{label:<44}{burst['completed']:>12}")
     print(f"{'  end-to-end throughput':<44}{burst['runs_per_second']:>8.1f}/s    >= 300/s")
+    code = result["code"]
+    print(f"{'bundles fetched by the worker':<44}{code['bundles_fetched']:>12}  (for {code['runs']} runs)")
     cpu = result["cpu_ms_per_run"]
     print(f"\n{'CPU ms per run':<18}" + "".join(f"{g:>10}" for g in cpu["burst"]))
     for phase in ("round_trip", "burst"):

@@ -3,7 +3,8 @@
 Two forms, as in Prefect::
 
     path/to/file.py:name     the file is imported as a module; its folder goes on sys.path
-                             so sibling imports (``from helpers import x``) work
+                             so sibling imports (``from helpers import x``) work, and so does
+                             its project's root (`engine.code.find_root`)
     package.module:name      imported like any module; the working directory is importable
 
 Every failure is an `EntrypointError` with a one-line message naming the entrypoint.
@@ -80,6 +81,13 @@ def _import_file(target: str, entrypoint: str) -> ModuleType:
     folder = str(path.parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
+    # The project's root too (as where a worker runs its bundle): `from helpers import x` of a
+    # module beside the flows folder imports the same at deploy time as on the worker.
+    from engine.code import find_root
+
+    root = str(find_root(path))
+    if root not in sys.path:
+        sys.path.append(root)
 
     # Import under the file's own name when that name is free (so the module pickles and reads
     # naturally in tracebacks); a file already imported from this path is reused, like `import`.

@@ -46,6 +46,7 @@ import math
 import multiprocessing
 import os
 import socket
+import sys
 import time
 import uuid
 from collections import Counter
@@ -581,8 +582,13 @@ class Worker:
         if prepared is None:
             return
         entrypoint = run.dispatch.entrypoint
-        if prepared.root is not None:  # a bundle: its file, one module per code version
+        if prepared.root is not None:
+            # A bundle: its file, imported under a name of its own per version. Inline runs share
+            # this process, so a module the flow imports from its project stays the version first
+            # imported (process mode gives each version its own children; see README).
             entrypoint = str(prepared.root / entrypoint)
+            if str(prepared.root) not in sys.path:
+                sys.path.append(str(prepared.root))
         # This task's context only: other inline workers, and plain flow calls, are not ours.
         embedded.set_worker_identity(
             self.worker_id, {"work_pool": self.pool, "code": prepared.key}, context_only=True

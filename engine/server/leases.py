@@ -144,6 +144,9 @@ class LeaseKeeper:
             log.info("partitions taken over", server_id=self.server_id, gained=len(result.gained),
                      owned=len(result.owned), live_servers=len(result.live), dead_servers=result.died,
                      adopted_events=result.adopted)
+        elif result.adopted:
+            log.info("adopted unsent events of dead servers", server_id=self.server_id,
+                     adopted_events=result.adopted)
         if lost:
             log.warning("partitions lost to another server (this server's lease ran out)",
                         server_id=self.server_id, lost=len(lost))

@@ -7,8 +7,9 @@
 2. Three servers, 300 chains, a join, one server killed with SIGKILL five times at random and
    restarted: lost 0, duplicate executions 0, stuck 0; the runs a dead server's timer held (their
    dispatches staged, unsent) are published at their time, or within the lease + 2 s of its death
-   for those due before that; publishes per outbox row at most 1.01 (only a kill between
-   a broker's confirm and the mark in the database republishes a row); the join fires once per
+   for those due before that; rows published again at most the rows adopted from dead servers
+   (only a kill between a broker's confirm and the mark in the database republishes a row, and
+   only after a survivor adopted it); the join fires once per
    batch although its parts are published by different servers and the servers evaluating the
    rule partitions (`automations.partitions: 8`, spread over the servers) are killed mid-join.
 
@@ -18,6 +19,7 @@ The lease is 3 s here (the default is 10): takeover times scale with it.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 import subprocess
 import time
@@ -193,17 +195,34 @@ def test_three_servers_one_killed_five_times(pg_faults: FaultCluster) -> None:
         executions = [e for e in c.executions() if e.kind in ("up", "down", "slow", "joined", "ping")]
         assert len(executions) == len({e.run_id for e in executions}) == expected
 
-        # Publishes per outbox row: at most 1.01 (a kill between a confirm and its mark)
+        # Publishes per outbox row: a row is published again only if its server was killed
+        # between the broker's confirm and the mark in the database, and a survivor adopted it
+        # unmarked; so the extra publishes are at most the rows adopted from dead servers (how
+        # many a kill leaves unmarked grows with the machine's load, the bound does not).
         rows = outbox(c.env["FLOWRELAY_DATABASE__URL"])
         wait_until(lambda: {i for i, _ in tap.messages} >= {i for i, _, _ in rows}, timeout=30,
                    what="every outbox row published")
         ratio = len(tap.messages) / len(rows)
+        adopted = sum(
+            _adopted(line) for path in c.workdir.glob("server-*.log")
+            for line in path.read_text().splitlines() if '"adopted_events"' in line
+        )
+        extra = len(tap.messages) - len({i for i, _ in tap.messages})
         print(f"cluster: {len(rows)} rows, {len(tap.messages)} publishes ({ratio:.4f}/row), "
+              f"{extra} published again, {adopted} adopted from dead servers, "
               f"kills at {[round(t - killed_at[0], 1) for t in killed_at]}")
-        assert ratio <= 1.01, ratio
+        assert extra <= adopted, (extra, adopted)  # relays republishing each other's rows: more
         assert not c.dead_letters()
         # The rules were evaluated in parallel: rule partitions were taken by several servers
         takers = [path for path in c.workdir.glob("server-*.log") if "rule partition taken" in path.read_text()]
         assert len(takers) >= 3, takers
     finally:
         tap.close()
+
+
+def _adopted(log_line: str) -> int:
+    """The `adopted_events` of a server's JSON log line (0 for another line)."""
+    try:
+        return int(json.loads(log_line).get("adopted_events", 0))
+    except (ValueError, AttributeError):
+        return 0
