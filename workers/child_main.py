@@ -246,6 +246,7 @@ def _run(
     """Run one flow run to its final state: `(state name, message, start cost in ms)`."""
     from engine.entrypoints import load_flow
     from engine.runtime import embedded
+    from engine.runtime.failures import describe
     from engine.schemas import FlowRun
     from engine.states import Crashed, Failed
 
@@ -272,6 +273,8 @@ def _run(
             fence = flow_run.state.details.attempt if flow_run.state is not None else None
     except Exception as exc:  # noqa: BLE001 - EntrypointError, or the engine unreachable
         state: State = Failed(message=f"could not start the flow run: {exc}", attempt=fence)
+        if exc.__cause__ is not None:  # the flow's module raised while imported: where, in it
+            state.details.error = describe(exc.__cause__)
         log.warning("flow run could not start", entrypoint=entrypoint, error=str(exc))
         _report(flow_run_id, state)
         return state.name, state.message, _ms(received)
@@ -281,6 +284,7 @@ def _run(
     except Exception as exc:  # noqa: BLE001 - a runtime bug or the engine lost: never silent
         log.exception("the flow engine failed")
         state = Crashed(message=f"the flow engine failed: {type(exc).__name__}: {exc}", attempt=fence)
+        state.details.error = describe(exc, trim=False)  # the engine's own frames are the story
         _report(flow_run_id, state)
     return state.name, state.message, start_ms
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.broker.errors import BrokerError
 from engine.code import BUNDLE_PREFIX
 from engine.errors import CodeError, EngineUnavailable
 from engine.logging import get_logger
@@ -136,7 +137,7 @@ class CodeCache:
             try:
                 async with asyncio.timeout(self.call_timeout):
                     chunk = await self.api.read_code_bundle(hash_, offset, self.chunk_bytes)
-            except (TimeoutError, OSError, EngineUnavailable) as exc:
+            except (TimeoutError, OSError, EngineUnavailable, BrokerError) as exc:
                 if time.monotonic() - began + pause > self.outage_timeout:
                     raise
                 log.warning("fetching a bundle failed; trying again", bundle=hash_, retry_in=pause,

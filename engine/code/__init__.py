@@ -158,13 +158,15 @@ def _is_file_target(target: str) -> bool:
 
 
 def describe_code(
-    entrypoint: str, *, root: str | Path | None = None, max_bytes: int | None = None
+    entrypoint: str, *, root: str | Path | None = None, max_bytes: int | None = None,
+    packed: dict[Path, Bundle] | None = None,
 ) -> tuple[dict[str, Any] | None, str, Bundle | None]:
     """What a deployment of `entrypoint` records: ``(code, entrypoint as stored, bundle)``.
 
     A file entrypoint is packed (`root`: the project's folder, default `find_root`) and stored
     relative to the root; a module entrypoint records its distribution's version (or None when
-    no installed distribution provides it: it is loaded as the worker finds it)."""
+    no installed distribution provides it: it is loaded as the worker finds it). `packed`: the
+    bundles already made by this deploy, by root (a file of ten deployments packs once)."""
     target, sep, name = entrypoint.strip().rpartition(":")
     if not sep:
         return None, entrypoint, None
@@ -189,7 +191,11 @@ def describe_code(
     settings = get_settings()
     if max_bytes is None:
         max_bytes = int(settings.code.max_bundle_mb * 1e6)
-    bundle = pack(project, max_bytes=max_bytes, exclude=_engine_files(settings))
+    bundle = (packed or {}).get(project)
+    if bundle is None:
+        bundle = pack(project, max_bytes=max_bytes, exclude=_engine_files(settings))
+        if packed is not None:
+            packed[project] = bundle
     if relative.as_posix() not in _names(bundle):
         raise ConfigError(
             f"{entrypoint}: {relative} is ignored by the project's .gitignore or .flowrelayignore "
@@ -239,12 +245,13 @@ def pack_specs(specs: list[Any]) -> tuple[list[Any], list[Bundle]]:
     spec's `root`, or found) and made relative to its bundle; module entrypoints with their
     distribution's version. Returns the specs and the distinct bundles to upload."""
     prepared, bundles = [], {}
+    packed: dict[Path, Bundle] = {}
     for spec in specs:
         if spec.code is not None:  # already described (registered again as it is)
             prepared.append(spec)
             continue
         try:
-            code, entrypoint, bundle = describe_code(spec.entrypoint, root=spec.root)
+            code, entrypoint, bundle = describe_code(spec.entrypoint, root=spec.root, packed=packed)
         except ConfigError as exc:
             raise ConfigError(f"deployment {spec.full_name}: {exc}") from None
         prepared.append(spec.model_copy(update={"code": code, "entrypoint": entrypoint, "root": None}))
