@@ -60,7 +60,7 @@ class UiCluster(Cluster):
         # On a thread of its own: Playwright's sync API keeps an event loop running on this one,
         # and the clean-up calls asyncio.run.
         cleanup = threading.Thread(target=_delete_topology, args=(
-            self.amqp_url, self.env["FLOWRELAY_BROKER__PREFIX"], [self.pool, "default"]))
+            self.amqp_url, self.env["FLOWRELAY_BROKER__PREFIX"], [self.pool, "default", *self.extra_pools]))
         cleanup.start()
         cleanup.join(timeout=60)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.conftest import wait_until
 from tests.ui.cluster import UiCluster
 from tests.ui.conftest import open_page
 
@@ -27,6 +28,7 @@ def finished_run(ui: UiCluster) -> dict[str, Any]:
         ("/deployments", "Deployments"),
         ("/deployments/up/ui", "up/ui"),
         ("/automations", "Automations"),
+        ("/work-pools", "Work pools"),
         ("/no/such/page", "Not found"),
     ],
 )
@@ -94,3 +96,29 @@ def test_run_form_refuses_parameters_that_are_not_a_json_object(page: Any, ui: U
     assert "must be a JSON object" in page.inner_text("#run-status")
     assert page.get_attribute("#run-params", "aria-invalid") == "true"
     assert len(ui.runs(deployment="pinged/ui")) == before
+
+
+def test_work_pools_page_and_a_run_without_a_worker_are_flagged(page: Any, ui: UiCluster) -> None:
+    lonely = "ui-lonely"
+    ui.extra_pools.append(lonely)
+    ui.cli("deploy", f"{ui.flows}:pinged", "--name", "lonely", "--pool", lonely)
+    run_id = ui.run("pinged/lonely", {"source": "nobody"})
+    # the cluster's heartbeat timeout is 3 s: once past it, the run is flagged
+    wait_until(lambda: ui.get(f"/api/flow-runs/{run_id}").get("waiting"), timeout=30,
+               what="the run flagged without a worker")
+
+    open_page(page, "/work-pools")
+    page.wait_for_selector(f"#pools [data-pool='{lonely}']")
+    row = page.inner_text(f"#pools tr:has([data-pool='{lonely}'])")
+    assert "none" in row and "1 run(s) stranded" in row
+    row = page.inner_text(f"#pools tr:has([data-pool='{ui.pool}'])")
+    assert "none" not in row  # the cluster's worker serves it
+    assert ui.pool in page.inner_text("#workers")
+
+    open_page(page, "/runs")
+    page.wait_for_selector(f"tr[data-run-id='{run_id}'] [data-waiting]")
+    open_page(page, f"/runs/{run_id}")
+    page.wait_for_selector("#run-waiting")
+    assert f"no live worker on pool {lonely}" in page.inner_text("#run-waiting")
+
+    ui.post(f"/api/flow-runs/{run_id}/cancel")  # leave the shared cluster as it was

@@ -113,7 +113,7 @@ def dispatch(service: EngineService, broker: Broker) -> Dispatcher:
     message published the way the server's relay does."""
 
     async def _dispatch(entrypoint: str, *, run_id: uuid.UUID | None = None, names: Names | None = None,
-                        **parameters: Any) -> uuid.UUID:
+                        code: dict[str, Any] | None = None, **parameters: Any) -> uuid.UUID:
         names = names or Names()
         if run_id is None:
             flow_name = entrypoint.rpartition(":")[2]
@@ -123,7 +123,7 @@ def dispatch(service: EngineService, broker: Broker) -> Dispatcher:
             run_id = run.id
         await declare_pool(broker, POOL, names=names)
         await broker.publish(
-            names.events, f"dispatch.{POOL}", encode_dispatch(run_id, entrypoint, work_pool=POOL)
+            names.events, f"dispatch.{POOL}", encode_dispatch(run_id, entrypoint, work_pool=POOL, code=code)
         )
         return run_id
 
