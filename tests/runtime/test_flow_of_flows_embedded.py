@@ -70,6 +70,9 @@ def flows(tmp_path: Path):
 def test_deploy_from_python_bumps_version(flows) -> None:
     again = flows.child.deploy("t", work_pool="tests", parameters={"x": 3})
     assert again.version == 2 and again.parameters == {"x": 3}
+    # the flow's file travels as a bundle of its folder; the entrypoint is relative to it
+    assert again.code is not None and again.code["bundle"].startswith("sha256:")
+    assert again.entrypoint == f"{flows.__name__}.py:child"
 
 
 def test_run_deployment_waits_and_returns_the_run(flows) -> None:
