@@ -14,6 +14,18 @@ from pathlib import Path
 
 FLOWRELAY = str(Path(sys.executable).with_name("flowrelay"))
 AMQP = os.environ.get("FLOWRELAY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+#: the processes of the cluster running now (see `exited`)
+PROCS: list[subprocess.Popen[bytes]] = []
+
+
+def exited() -> str | None:
+    """Which cluster process has exited, with its code and log (None: all alive): a benchmark
+    waiting for runs stops at once instead of waiting out its timeout."""
+    for proc in PROCS:
+        code = proc.poll()
+        if code is not None:
+            return f"{' '.join(str(a) for a in proc.args[1:3])} exited with code {code}; see {getattr(proc, '_log', '?')}"
+    return None
 
 
 @contextlib.contextmanager
@@ -30,16 +42,22 @@ def cluster(pool: str, *, workers: int = 1, concurrency: int = 8, extra_env: dic
         "FLOWRELAY_LOGGING__LEVEL": "WARNING",
         "FLOWRELAY_LOGGING__FORMAT": "json",
         "FLOWRELAY_BROKER__PREFIX": f"frbench-{os.getpid()}",
+        # no HTTP API unless a benchmark asks (a fixed port would clash with any server running)
+        "FLOWRELAY_API__ENABLED": "false",
         **(extra_env or {}),
     })
     procs: list[subprocess.Popen[bytes]] = []
     logs = []
 
     def spawn(*args: str) -> None:
-        log = open(tmp / f"{args[0]}-{len(procs)}.log", "wb")  # noqa: SIM115
+        path = tmp / f"{args[0]}-{len(procs)}.log"
+        log = open(path, "wb")  # noqa: SIM115
         logs.append(log)
-        procs.append(subprocess.Popen([FLOWRELAY, *args], env=env, cwd=tmp, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True))
+        proc = subprocess.Popen([FLOWRELAY, *args], env=env, cwd=tmp, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc._log = path  # type: ignore[attr-defined]
+        procs.append(proc)
+        PROCS.append(proc)
 
     try:
         for _ in range(servers):
@@ -68,6 +86,7 @@ def cluster(pool: str, *, workers: int = 1, concurrency: int = 8, extra_env: dic
                 os.killpg(proc.pid, signal.SIGKILL)
         for log in logs:
             log.close()
+        PROCS.clear()
         _delete_topology(env["FLOWRELAY_BROKER__PREFIX"], pool)
 
 

@@ -16,11 +16,12 @@ import statistics
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._cluster import FLOWRELAY, cluster, deploy  # noqa: E402
+from bench._cluster import FLOWRELAY, cluster, deploy, exited  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -60,6 +61,21 @@ CLIENT = textwrap.dedent("""
 """)
 
 
+def _wait_watching(client: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """The client's output once it is done; stops it (and says why) as soon as a server or
+    worker of the cluster exits, instead of letting it wait out its runs' timeouts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.communicate(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            dead = exited()
+            if dead is not None or time.monotonic() > deadline:
+                client.kill()
+                out, err = client.communicate()
+                return out, f"{err}\nbenchmark stopped: {dead or 'timed out'}"
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -71,17 +87,22 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--json", default=str(HERE / "results" / "dispatch.json"))
+    parser.add_argument("--database-url", default="",
+                        help="the server's database (an empty one, e.g. postgresql+asyncpg://...); "
+                             "default: a fresh SQLite file")
     args = parser.parse_args()
     pool = f"bench-{os.getpid()}"
-    with cluster(pool, concurrency=args.concurrency) as env:
+    extra = {"FLOWRELAY_DATABASE__URL": args.database_url} if args.database_url else {}
+    with cluster(pool, concurrency=args.concurrency, extra_env=extra) as env:
         deploy(env, f"{HERE / 'flows.py'}:trivial", "bench", pool)
-        proc = subprocess.run([sys.executable, "-c", CLIENT, str(args.runs), str(args.burst)],
-                              env={**env, "PYTHONPATH": str(HERE.parent)}, capture_output=True,
-                              text=True, timeout=1800)
-        if proc.returncode != 0:
-            print(proc.stderr[-4000:], file=sys.stderr)
+        client = subprocess.Popen([sys.executable, "-c", CLIENT, str(args.runs), str(args.burst)],
+                                  env={**env, "PYTHONPATH": str(HERE.parent)}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        out, err = _wait_watching(client, timeout=1800)
+        if client.returncode != 0:
+            print(err[-4000:], file=sys.stderr)
             return 1
-        data = json.loads(proc.stdout.strip().splitlines()[-1])
+        data = json.loads(out.strip().splitlines()[-1])
         # the deployment's bundle, as the worker cached it: fetched once per worker and hash
         cached = sorted((Path(env["FLOWRELAY_HOME"]) / "code").glob("*.zip"))
         workers = json.loads(subprocess.run([FLOWRELAY, "worker", "ls", "--json"], env=env,
