@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.broker.errors import BrokerError
-from engine.code import BUNDLE_PREFIX
+from engine.code import BUNDLE_PREFIX, write_atomically
 from engine.errors import CodeError, EngineUnavailable
 from engine.logging import get_logger
 
@@ -118,7 +118,7 @@ class CodeCache:
                 log.warning("cached bundle does not match its hash (changed on disk): fetching it again",
                             bundle=hash_, path=str(zip_path))
             data = await self._fetch(hash_)
-            await asyncio.to_thread(_write_atomically, zip_path, data)
+            await asyncio.to_thread(write_atomically, zip_path, data)
             self.fetched.append(hash_)
         target = self.directory / "unpacked" / f"{digest}-{os.getpid()}"
         await asyncio.to_thread(_unpack, zip_path, target)
@@ -190,17 +190,6 @@ def _matches(path: Path, digest: str) -> bool:
         for block in iter(lambda: source.read(1 << 20), b""):
             sha.update(block)
     return sha.hexdigest() == digest
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fetch-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _unpack(zip_path: Path, target: Path) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "pack",
     "pack_specs",
     "upload",
+    "write_atomically",
 ]
 
 BUNDLE_PREFIX = "sha256:"
@@ -69,6 +70,22 @@ class Bundle:
         """What the deployment records (`DeploymentSpec.code`)."""
         return {"bundle": self.hash, "bytes": len(self.data), "files": self.files,
                 "root": str(self.root)}
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` whole or not at all (a temporary file beside it, then renamed):
+    a reader never sees half a bundle."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def bundle_hash(data: bytes) -> str:

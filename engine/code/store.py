@@ -9,14 +9,12 @@ claim to be; chunks are read with ``substr`` in the database, never the whole bu
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from engine.code import BUNDLE_PREFIX, bundle_hash
+from engine.code import BUNDLE_PREFIX, bundle_hash, write_atomically
 from engine.db import repository as repo
 from engine.db.models import CodeBundleRow
 from engine.errors import CodeError, ObjectNotFound
@@ -89,17 +87,8 @@ async def read_chunk(session: AsyncSession, hash_: str, offset: int, limit: int,
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    if path.is_file():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if not path.is_file():
+        write_atomically(path, data)
 
 
 def _read_file(directory: str, hash_: str, offset: int, limit: int) -> bytes:

@@ -230,6 +230,17 @@ async def dispatch_run(
     return await _dispatch_or_wait(session, row, dep, enter, now)
 
 
+def _give_slot(
+    session: AsyncSession, waiting: FlowRunRow, dep: DeploymentRow, enter: EnterState, now: dt.datetime
+) -> None:
+    """A waiting run got its slot: Scheduled again, and dispatched."""
+    details = StateDetails(**(waiting.state_details or {}))
+    scheduled = State(type=StateType.SCHEDULED, message="a concurrency slot is free", details=details)
+    session.add_all(enter(waiting, scheduled))
+    waiting.updated = now
+    session.add(dispatch(waiting, dep, now))
+
+
 async def release_slots(
     session: AsyncSession, dep: DeploymentRow, *, enter: EnterState, now: dt.datetime
 ) -> None:
@@ -252,13 +263,7 @@ async def release_slots(
     if free is not None:
         query = query.limit(free)
     for waiting in (await session.scalars(query)).all():
-        details = StateDetails(**(waiting.state_details or {}))
-        scheduled = State(
-            type=StateType.SCHEDULED, message="a concurrency slot is free", details=details
-        )
-        session.add_all(enter(waiting, scheduled))
-        waiting.updated = now
-        session.add(dispatch(waiting, dep, now))
+        _give_slot(session, waiting, dep, enter, now)
 
 
 async def release_pool_slots(
@@ -298,13 +303,7 @@ async def release_pool_slots(
         )
         if dep is None or await _deployment_free(session, dep) == 0:
             continue
-        details = StateDetails(**(waiting.state_details or {}))
-        scheduled = State(
-            type=StateType.SCHEDULED, message="a concurrency slot is free", details=details
-        )
-        session.add_all(enter(waiting, scheduled))
-        waiting.updated = now
-        session.add(dispatch(waiting, dep, now))
+        _give_slot(session, waiting, dep, enter, now)
         released += 1
     return released
 
