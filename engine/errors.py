@@ -58,6 +58,11 @@ class CodeError(FlowrelayError, ValueError):
     than the deployment's (`engine.code`)."""
 
 
+class ProtocolMismatch(FlowrelayError):
+    """The other side speaks another version of flowrelay's wire protocol (a worker or client
+    older or newer than the server): the message names both versions."""
+
+
 class InvalidTransition(FlowrelayError):
     pass
 

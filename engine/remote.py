@@ -71,6 +71,19 @@ class RemoteEngine:
             await self._rpc.start()
             self._started = True
 
+    async def check_protocol(self, timeout: float = 5.0) -> bool:  # noqa: ASYNC109
+        """`ProtocolMismatch` (naming both versions) if the server speaks another protocol
+        version; False if no server answered within `timeout` (not up yet: every later reply is
+        checked too), True once checked."""
+        await self.start()
+        try:
+            await self._rpc.call("protocol", {}, timeout=timeout)
+        except broker_errors.RpcError as exc:
+            raise _exception_for(exc) from None
+        except broker_errors.RpcTimeout:
+            return False
+        return True
+
     async def close(self) -> None:
         if self._started:
             self._started = False

@@ -2,10 +2,16 @@
 
 Wire format (content type application/json):
 
-    request   {"method": "create_flow_run", "params": {...}}
+    request   {"v": 2, "method": "create_flow_run", "params": {...}}
               properties: reply_to = the client's reply queue, correlation_id = a fresh id
-    reply     {"result": {...}}  or  {"error": {"type": "ObjectNotFound", "message": "..."}}
+    reply     {"v": 2, "result": {...}}  or  {"v": 2, "error": {"type": "ObjectNotFound", "message": "..."}}
               published to the default exchange with routing key `reply_to`, same correlation_id
+
+`v` is the protocol version (`PROTOCOL_VERSION`; a message without one is version 1, what
+flowrelay spoke before it was versioned). Both sides check it: a request of another version is
+answered with an error of type ``ProtocolMismatch`` naming both versions, never run; a reply of
+another version fails the call the same way. Workers and clients that started before an upgrade
+of the server (or after one) are told so on their first call, not left to misread the messages.
 
 The server acks a request once it has replied: a handler error becomes an error reply, a
 malformed request an error reply (type `BadRequest`) or, without a `reply_to`, a dead letter.
@@ -29,19 +35,43 @@ from engine.broker.errors import BrokerUnavailable, PublishTimeout, RpcError, Rp
 from engine.broker.topology import QueueSpec
 from engine.errors import FlowrelayError
 
-__all__ = ["RpcClient", "RpcHandler", "RpcServer", "encode_request", "parse_request"]
+__all__ = [
+    "PROTOCOL_VERSION", "ProtocolMismatch", "RpcClient", "RpcHandler", "RpcServer",
+    "encode_request", "parse_request",
+]
 
 log = logging.getLogger("engine.broker.rpc")
 
 RpcHandler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
+#: The version of the wire protocol (commands, replies, dispatches) this code speaks. 2: work
+#: dispatches carry the code to run (`code`), heartbeats what the worker says of itself (`info`),
+#: and every request and reply its version.
+PROTOCOL_VERSION = 2
+
+
+class ProtocolMismatch(ValueError):
+    """A message of another protocol version than this side's."""
+
+
+def mismatch_message(theirs: int, *, they: str) -> str:
+    """Both versions and what to do, for an error reply or a failed call."""
+    return (f"{they} speaks flowrelay protocol {theirs}, this side {PROTOCOL_VERSION}: run the same "
+            "flowrelay version on servers, workers and clients (upgrade the older side)")
+
+
+def _version(data: dict[str, Any]) -> int:
+    value = data.get("v", 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1
+
 
 def encode_request(method: str, params: dict[str, Any] | None = None) -> bytes:
-    return json.dumps({"method": method, "params": params or {}}).encode()
+    return json.dumps({"v": PROTOCOL_VERSION, "method": method, "params": params or {}}).encode()
 
 
 def parse_request(body: bytes) -> tuple[str, dict[str, Any]]:
-    """`(method, params)` of a request body; ValueError saying what is wrong with it."""
+    """`(method, params)` of a request body; ValueError saying what is wrong with it
+    (`ProtocolMismatch` for a well-formed request of another protocol version)."""
     try:
         data = json.loads(body)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
@@ -60,11 +90,16 @@ def parse_request(body: bytes) -> tuple[str, dict[str, Any]]:
         raise ValueError(
             f"'params' of {method!r} must be a JSON object, not {type(params).__name__}"
         )
+    version = _version(data)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolMismatch(
+            f"request {method!r} not run: " + mismatch_message(version, they="the caller")
+        )
     return method, params
 
 
 def _error_body(type_: str, message: str) -> bytes:
-    return json.dumps({"error": {"type": type_, "message": message}}).encode()
+    return json.dumps({"v": PROTOCOL_VERSION, "error": {"type": type_, "message": message}}).encode()
 
 
 class RpcServer:
@@ -115,7 +150,8 @@ class RpcServer:
         except ValueError as exc:
             log.warning("malformed RPC request on %r (%r): %s", self._queue, message, exc)
             if message.reply_to:
-                await self._reply(message, _error_body("BadRequest", str(exc)))
+                kind = "ProtocolMismatch" if isinstance(exc, ProtocolMismatch) else "BadRequest"
+                await self._reply(message, _error_body(kind, str(exc)))
                 await message.ack()
             else:
                 await message.reject()  # nobody to tell: keep it for inspection
@@ -126,7 +162,7 @@ class RpcServer:
                 raise TypeError(
                     f"handler for {method!r} returned {type(result).__name__}, not a dict"
                 )
-            body = json.dumps({"result": result}).encode()
+            body = json.dumps({"v": PROTOCOL_VERSION, "result": result}).encode()
         except Exception as exc:
             if isinstance(exc, FlowrelayError):
                 log.info("RPC %r on %r failed: %r", method, self._queue, exc)
@@ -248,8 +284,12 @@ class RpcClient:
         except ValueError as exc:
             future.set_exception(RpcError("BadReply", f"reply is not JSON: {exc}"))
             return
+        version = _version(data) if isinstance(data, dict) else -1
         error = data.get("error") if isinstance(data, dict) else None
-        if isinstance(error, dict):
+        if version != PROTOCOL_VERSION:
+            future.set_exception(RpcError("ProtocolMismatch", mismatch_message(
+                version, they=f"the server behind {self._queue!r}")))
+        elif isinstance(error, dict):
             future.set_exception(
                 RpcError(str(error.get("type") or "Error"), str(error.get("message") or ""))
             )

@@ -96,6 +96,8 @@ async def _serve(url: str, pool: str, concurrency: int, drain_timeout: float) ->
     signals = (signal.SIGINT, signal.SIGTERM)
     try:
         await api.start()
+        if not await api.check_protocol():  # ProtocolMismatch: exit naming both versions
+            log.warning("no server answered yet; the protocol is checked on every reply")
         service = Worker(
             broker,
             api,  # type: ignore[arg-type]  # RemoteEngine serves EngineAPI via __getattr__

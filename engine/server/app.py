@@ -102,6 +102,7 @@ class Server:
         self.commands = CommandTable()
         self.commands.add_service(self.service)
         self.commands.add("heartbeat", self.heartbeats.beat)
+        self.commands.add("protocol", _protocol)
         self.commands.add_service(self.scheduler, SCHEDULER_COMMANDS)
         self.automations: AutomationsService | None = None
         if settings.automations.enabled:
@@ -366,4 +367,11 @@ def _mask(url: str) -> str:
 
     return mask_url_passwords(url)
 
+
+async def _protocol() -> dict[str, int]:
+    """The wire protocol this server speaks (a client checks it before it serves: `RemoteEngine.
+    check_protocol`); every reply carries it too."""
+    from engine.broker.rpc import PROTOCOL_VERSION
+
+    return {"version": PROTOCOL_VERSION}
 

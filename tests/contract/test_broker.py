@@ -31,6 +31,7 @@ from engine.broker import (
 )
 from engine.broker.memory import MemoryBroker, topic_matches
 from engine.broker.rabbitmq import RabbitMQBroker, mask_url
+from engine.broker.rpc import PROTOCOL_VERSION
 from engine.errors import ObjectNotFound
 from tests.contract.conftest import Connector
 
@@ -516,6 +517,36 @@ async def test_rpc_timeout_is_bounded(broker: Broker, names: Names) -> None:
             with pytest.raises(TimeoutError):
                 await client.call("slow", timeout=0.3)
             assert await client.call("echo", {"ok": True}, timeout=WAIT) == {"echo": {"ok": True}}
+
+
+async def test_rpc_of_another_protocol_version_is_refused_both_ways(broker: Broker, names: Names) -> None:
+    replies = Inbox()
+    reply_queue = await broker.declare_queue(QueueSpec.temporary(f"{names.prefix}.raw"))
+    await broker.consume(reply_queue, replies)
+    async with RpcServer(broker, names.commands, echo_handler):
+        # a request of another version (none: an unversioned, older client) is not run
+        for version in (None, PROTOCOL_VERSION + 1):
+            body = {"method": "echo", "params": {}} | ({"v": version} if version else {})
+            await broker.publish("", names.commands, json.dumps(body).encode(), reply_to=reply_queue,
+                                 correlation_id=str(version))
+        await replies.wait_for(2)
+        for reply, version in zip(replies.messages, (1, PROTOCOL_VERSION + 1), strict=True):
+            error = reply.json()["error"]
+            assert error["type"] == "ProtocolMismatch"
+            assert f"the caller speaks flowrelay protocol {version}, this side {PROTOCOL_VERSION}" in error["message"]
+
+    # a server of another version (its replies carry none): the call fails naming both
+    async def old_server(message: IncomingMessage) -> None:
+        await broker.publish("", message.reply_to or "", b'{"result": {"echo": {}}}',
+                             correlation_id=message.correlation_id, persistent=False, confirm=False)
+        await message.ack()
+
+    await broker.consume(names.commands, old_server)
+    async with RpcClient(broker, names.commands, timeout=WAIT) as client:
+        with pytest.raises(RpcError) as raised:
+            await client.call("echo")
+    assert raised.value.type == "ProtocolMismatch"
+    assert f"speaks flowrelay protocol 1, this side {PROTOCOL_VERSION}" in raised.value.message
 
 
 async def test_rpc_malformed_requests_do_not_kill_the_server(broker: Broker, names: Names) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 from engine.broker import IncomingMessage, from_url
+from engine.broker.rpc import PROTOCOL_VERSION
 from engine.broker.topology import Names, QueueSpec
 from tests.faults.conftest import FaultCluster, automation, fault_env, publish, wait_until
 from tests.integration.conftest import _delete_topology
@@ -132,6 +133,9 @@ def test_bad_messages_on_every_queue_are_dead_lettered_or_answered(bad: FaultClu
         ("BadRequest", "'params' of 'read_flow_runs' must be a JSON object, not list"),
         # 20 MB of `[`: json.loads raised RecursionError, requeued for ever on the command queue
         ("BadRequest", "request body is JSON nested too deeply"),
+        ("ProtocolMismatch", f"request 'read_flow_runs' not run: the caller speaks flowrelay protocol 1, "
+                             f"this side {PROTOCOL_VERSION}: run the same flowrelay version on servers, "
+                             "workers and clients (upgrade the older side)"),
     ]
     assert unanswered == 0
     # And the server still serves commands; a good event after all that is processed
@@ -173,14 +177,16 @@ def test_bad_messages_on_every_queue_are_dead_lettered_or_answered(bad: FaultClu
 
 
 async def _bad_commands(url: str, names: Names) -> tuple[list[dict[str, Any]], int]:
-    """Raw requests on the command queue: 6 with a reply queue, 2 without (dead-lettered)."""
+    """Raw requests on the command queue: 7 with a reply queue, 2 without (dead-lettered)."""
     bodies = [
         b"{ not json",
         b'{"params": {}}',
-        json.dumps({"method": "drop_database", "params": {}}).encode(),
-        json.dumps({"method": "read_flow_run", "params": {"flow_run_id": "not-a-uuid", "bogus": 1}}).encode(),
+        json.dumps({"v": PROTOCOL_VERSION, "method": "drop_database", "params": {}}).encode(),
+        json.dumps({"v": PROTOCOL_VERSION, "method": "read_flow_run",
+                    "params": {"flow_run_id": "not-a-uuid", "bogus": 1}}).encode(),
         json.dumps({"method": "read_flow_runs", "params": ["x"]}).encode(),
         b"[" * (20 * MB),
+        json.dumps({"method": "read_flow_runs", "params": {}}).encode(),  # an unversioned client
     ]
     replies: dict[str, dict[str, Any]] = {}
     got = asyncio.Event()
