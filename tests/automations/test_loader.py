@@ -371,14 +371,14 @@ def test_the_top_level_must_be_automations_with_a_hint(text: str, expected: str)
 def test_alias_bombs_and_self_references_are_refused_quickly() -> None:
     levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
-    started = time.perf_counter()
+    started = time.process_time()  # this process's CPU: a busy machine does not count
     assert problems("\n".join(levels) + "\n") == [
         "rules/etl.yaml:1:1: the document expands (through aliases) to more than 1,000,000 values"
     ]
     assert problems("automations: &a [*a]\n") == [
         "rules/etl.yaml:1:14: an alias that contains itself is not allowed"
     ]
-    assert time.perf_counter() - started < 1
+    assert time.process_time() - started < 1
 
 
 # --- several files -------------------------------------------------------------------------------
