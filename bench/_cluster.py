@@ -30,14 +30,14 @@ def exited() -> str | None:
 
 @contextlib.contextmanager
 def cluster(pool: str, *, workers: int = 1, concurrency: int = 8, extra_env: dict[str, str] | None = None,
-            servers: int = 1) -> Iterator[dict[str, str]]:
+            servers: int = 1, amqp: str = AMQP) -> Iterator[dict[str, str]]:
     """`servers` servers (several need a PostgreSQL `FLOWRELAY_DATABASE__URL` in `extra_env`) and
     `workers` workers; the environment names their pids (`_BENCH_SERVER_PIDS`, comma-separated)."""
     tmp = Path(tempfile.mkdtemp(prefix="flowrelay-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWRELAY_")}
     env.update({
         "FLOWRELAY_HOME": str(tmp),
-        "FLOWRELAY_BROKER__URL": AMQP,
+        "FLOWRELAY_BROKER__URL": amqp,
         "FLOWRELAY_DATABASE__URL": f"sqlite+aiosqlite:///{tmp / 'bench.db'}",
         "FLOWRELAY_LOGGING__LEVEL": "WARNING",
         "FLOWRELAY_LOGGING__FORMAT": "json",
@@ -87,10 +87,18 @@ def cluster(pool: str, *, workers: int = 1, concurrency: int = 8, extra_env: dic
         for log in logs:
             log.close()
         PROCS.clear()
-        _delete_topology(env["FLOWRELAY_BROKER__PREFIX"], pool)
+        _delete_topology(env["FLOWRELAY_BROKER__PREFIX"], pool, amqp)
 
 
-def _delete_topology(prefix: str, pool: str) -> None:
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _delete_topology(prefix: str, pool: str, amqp: str = AMQP) -> None:
     """Remove the benchmark's own durable exchanges and queues."""
     import asyncio
 
@@ -101,7 +109,7 @@ def _delete_topology(prefix: str, pool: str) -> None:
     names = Names(prefix)
 
     async def main() -> None:
-        async with from_url(AMQP, connection_name="flowrelay-bench-cleanup") as broker:
+        async with from_url(amqp, connection_name="flowrelay-bench-cleanup") as broker:
             for queue in (names.commands, names.dead, *(rule_queue(names, r) for r in range(16)),
                           names.pool(pool), names.pool("default")):
                 with contextlib.suppress(Exception):

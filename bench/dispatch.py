@@ -18,10 +18,12 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._cluster import FLOWRELAY, cluster, deploy, exited  # noqa: E402
+from bench._broker_stats import bench_vhost  # noqa: E402
+from bench._cluster import AMQP, FLOWRELAY, cluster, deploy, exited, free_port  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -61,6 +63,31 @@ CLIENT = textwrap.dedent("""
 """)
 
 
+def _commits(port: int) -> tuple[float, float]:
+    """(commits, works) of the server so far, from its /metrics."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("flowrelay_database_commits_total", "flowrelay_database_works_total"):
+            values[name] = float(value)
+    return values.get("flowrelay_database_commits_total", 0.0), values.get("flowrelay_database_works_total", 0.0)
+
+
+def _per_run(before: tuple[Any, tuple[float, float]], after: tuple[Any, tuple[float, float]],
+             runs: int) -> dict[str, float | None]:
+    """What each run cost in messages (counted by RabbitMQ in the bench's own vhost: deploys
+    and the bench's own calls included) and in the server's commits."""
+    out: dict[str, float | None] = {
+        "commits": (after[1][0] - before[1][0]) / runs, "works": (after[1][1] - before[1][1]) / runs,
+    }
+    for key in ("publish", "deliver_get", "confirm"):
+        out[key] = (after[0][key] - before[0][key]) / runs if before[0] and after[0] else None
+    return out
+
+
 def _wait_watching(client: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
     """The client's output once it is done; stops it (and says why) as soon as a server or
     worker of the cluster exits, instead of letting it wait out its runs' timeouts."""
@@ -92,9 +119,14 @@ def main() -> int:
                              "default: a fresh SQLite file")
     args = parser.parse_args()
     pool = f"bench-{os.getpid()}"
-    extra = {"FLOWRELAY_DATABASE__URL": args.database_url} if args.database_url else {}
-    with cluster(pool, concurrency=args.concurrency, extra_env=extra) as env:
+    port = free_port()
+    extra = {"FLOWRELAY_API__ENABLED": "true", "FLOWRELAY_API__PORT": str(port)}
+    if args.database_url:
+        extra["FLOWRELAY_DATABASE__URL"] = args.database_url
+    with bench_vhost(AMQP) as (amqp, broker_totals), \
+            cluster(pool, concurrency=args.concurrency, extra_env=extra, amqp=amqp) as env:
         deploy(env, f"{HERE / 'flows.py'}:trivial", "bench", pool)
+        counted_before = (broker_totals() if broker_totals else None, _commits(port))
         client = subprocess.Popen([sys.executable, "-c", CLIENT, str(args.runs), str(args.burst)],
                                   env={**env, "PYTHONPATH": str(HERE.parent)}, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
@@ -103,6 +135,7 @@ def main() -> int:
             print(err[-4000:], file=sys.stderr)
             return 1
         data = json.loads(out.strip().splitlines()[-1])
+        counted_after = (broker_totals() if broker_totals else None, _commits(port))
         # the deployment's bundle, as the worker cached it: fetched once per worker and hash
         cached = sorted((Path(env["FLOWRELAY_HOME"]) / "code").glob("*.zip"))
         workers = json.loads(subprocess.run([FLOWRELAY, "worker", "ls", "--json"], env=env,
@@ -115,6 +148,7 @@ def main() -> int:
                   "seconds": data["burst_seconds"], "runs_per_second": data["burst"] / data["burst_seconds"]},
         "cpu_ms_per_run": {"round_trip": data["cpu_trips"], "burst": data["cpu_burst"]},
         "targets": {"round_trip_median_ms": 15, "runs_per_second": 300},
+        "per_run": _per_run(counted_before, counted_after, 5 + len(trips) + data["burst"]),
         "code": {"bundles_fetched": len(cached), "bundle_bytes": [p.stat().st_size for p in cached],
                  "runs": len(trips) + data["burst"],
                  "worker_code_loaded": [w.get("code") for w in workers]},
@@ -128,6 +162,14 @@ def main() -> int:
     label = f"burst of {burst['runs']} runs: completed"
     print(f"{label:<44}{burst['completed']:>12}")
     print(f"{'  end-to-end throughput':<44}{burst['runs_per_second']:>8.1f}/s    >= 300/s")
+    per_run = result["per_run"]
+    for key, label in (("publish", "AMQP messages published per run"),
+                       ("deliver_get", "AMQP messages delivered per run"),
+                       ("confirm", "publisher confirms per run"),
+                       ("commits", "database commits per run (server)"),
+                       ("works", "units of write work per run (server)")):
+        if per_run.get(key) is not None:
+            print(f"{label:<44}{per_run[key]:>12.2f}" + ("  <= 8" if key == "publish" else ""))
     code = result["code"]
     print(f"{'bundles fetched by the worker':<44}{code['bundles_fetched']:>12}  (for {code['runs']} runs)")
     cpu = result["cpu_ms_per_run"]

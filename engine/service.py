@@ -248,6 +248,12 @@ class EngineService:
             yield session
 
     @property
+    def commits(self) -> tuple[int, int]:
+        """(write transactions committed, works they carried) by this service so far."""
+        writer = self._writer
+        return (writer.batches, writer.works) if writer is not None else (0, 0)
+
+    @property
     def unavailable_for(self) -> float | None:
         """Seconds the database has been unavailable to this service's writes (None: it
         serves). The heartbeat monitor judges nobody meanwhile."""

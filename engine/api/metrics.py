@@ -198,6 +198,13 @@ class _ScrapeCollector(Collector):
             "flowrelay_outbox_events", "Events (and work messages) ever written to the outbox",
             value=snap.outbox_total,
         )
+        yield CounterMetricFamily(
+            "flowrelay_database_commits", "Write transactions this server committed (group commit: "
+            "several works each)", value=snap.commits[0],
+        )
+        yield CounterMetricFamily(
+            "flowrelay_database_works", "Units of write work this server committed", value=snap.commits[1],
+        )
         if snap.dead_letter_queue is not None:
             yield GaugeMetricFamily(
                 "flowrelay_dead_letter_queue_messages",

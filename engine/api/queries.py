@@ -178,6 +178,8 @@ class Snapshot:
     servers: list[dict[str, Any]] = field(default_factory=list)
     #: pools: (name, concurrency limit, live workers, busy runs, runs stranded without a worker)
     pools: list[tuple[str, int | None, int, int, int]] = field(default_factory=list)
+    #: this server's write transactions committed, and the works they carried
+    commits: tuple[int, int] = (0, 0)
 
 
 async def snapshot(service: EngineService) -> Snapshot:
@@ -205,6 +207,7 @@ async def snapshot(service: EngineService) -> Snapshot:
         out.servers = await servers.live_servers(session)
     out.pools = [(p.name, p.concurrency_limit, p.live_workers, p.busy, p.waiting_without_worker)
                  for p in await service.read_work_pools()]
+    out.commits = service.commits
     return out
 
 
