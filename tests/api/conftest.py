@@ -80,8 +80,8 @@ class Api:
     async def deploy(self, full_name: str, flow_fn: str = "hello", **extra: Any) -> None:
         flow, name = full_name.split("/")
         await self.server.service.register_deployment(DeploymentSpec(
-            name=name, flow_name=flow, entrypoint=f"{self.flows}:{flow_fn}", work_pool="default",
-            **extra,
+            name=name, flow_name=flow, entrypoint=f"{self.flows}:{flow_fn}",
+            **{"work_pool": "default", **extra},
         ))
 
     async def finished_run(self, flow: str = "adhoc", result: Any = 1, **kwargs: Any) -> uuid.UUID:

@@ -136,3 +136,21 @@ async def test_dead_letter_queue_counts_what_a_worker_rejected(api: Api) -> None
         assert worker.stats.dead_lettered == 2
     finally:
         await worker.stop()
+
+
+async def test_pool_gauges_count_runs_stranded_without_a_worker(api: Api) -> None:
+    # Given a run due on a pool no worker serves, past one heartbeat timeout
+    api.server.service.heartbeat_timeout = 0.2
+    await api.deploy("report/lonely", flow_fn="report", work_pool="lonely")
+    await api.server.service.create_deployment_run("report/lonely")
+    await api.server.service.set_work_pool_concurrency("lonely", 3)
+    await asyncio.sleep(0.3)
+
+    samples = await scrape(api)
+    assert value(samples, "flowrelay_runs_without_worker", pool="lonely") == 1
+    assert value(samples, "flowrelay_work_pool_concurrency_limit", pool="lonely") == 3
+    assert value(samples, "flowrelay_work_pool_busy_runs", pool="lonely") == 0
+    assert value(samples, "flowrelay_database_commits_total") > 0
+    # and the API says why the run waits
+    (run,) = (await api.client.get("/api/flow-runs", params={"deployment": "report/lonely"})).json()["items"]
+    assert run["waiting"].startswith("waiting: no live worker on pool lonely")
