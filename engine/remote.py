@@ -80,8 +80,8 @@ class RemoteEngine:
             await self._rpc.call("protocol", {}, timeout=timeout)
         except broker_errors.RpcError as exc:
             raise _exception_for(exc) from None
-        except broker_errors.RpcTimeout:
-            return False
+        except (broker_errors.RpcTimeout, broker_errors.Unroutable, broker_errors.BrokerUnavailable):
+            return False  # no server (its command queue not declared yet), or the broker away
         return True
 
     async def close(self) -> None:

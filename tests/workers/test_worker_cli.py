@@ -44,7 +44,7 @@ def test_worker_process_exits_0_after_sigterm(amqp_url, tmp_path):
     pool = f"cli-test-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "FLOWRELAY_BROKER__URL": amqp_url, "FLOWRELAY_LOGGING__FORMAT": "json"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", APP, "--pool", pool, "--concurrency", "1", "--drain-timeout", "5"],
+        [sys.executable, "-c", APP, "worker", "--pool", pool, "--concurrency", "1", "--drain-timeout", "5"],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
