@@ -288,8 +288,9 @@ class WorkerInfo(BaseModel):
     code: list[str] = Field(default_factory=list)
 
 
-#: Due, unclaimed runs: what a pool without a live worker leaves waiting.
-_DUE_NAMES = ("Scheduled", "Late", "AwaitingRetry")
+#: Scheduled-type state names from which a run is handed to its pool (and claimed by a worker):
+#: a due one not claimed is what a pool without a live worker leaves waiting.
+DUE_STATE_NAMES = ("Scheduled", "Late", "AwaitingRetry")
 
 
 class WorkPool(BaseModel):
@@ -313,7 +314,7 @@ class WorkPool(BaseModel):
         """``waiting: no live worker on pool P (...)`` when `run` is due and unclaimed and this
         pool has had no live worker for over a heartbeat timeout; else None."""
         state = run.state
-        if state is None or state.type is not StateType.SCHEDULED or state.name not in _DUE_NAMES:
+        if state is None or state.type is not StateType.SCHEDULED or state.name not in DUE_STATE_NAMES:
             return None
         if self.live_workers:
             return None

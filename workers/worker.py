@@ -137,12 +137,8 @@ async def declare_pool(
 
 
 def _default_delivery_limit() -> int:
-    try:
-        from engine.settings import get_settings
-
-        return get_settings().broker.delivery_limit
-    except Exception:  # noqa: BLE001 - a bad config is reported elsewhere; keep the default
-        return DEFAULT_DELIVERY_LIMIT
+    limit: int = _setting("broker", "delivery_limit", DEFAULT_DELIVERY_LIMIT)
+    return limit
 
 
 def default_worker_id() -> str:

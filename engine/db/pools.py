@@ -8,7 +8,8 @@ server's heartbeat timeout.
 
 A run *waits without a worker* when it is due and unclaimed (Scheduled, Late or AwaitingRetry,
 not waiting for a slot) while its pool has had no live worker for longer than a heartbeat
-timeout: `flagged` says so, for `flow-run inspect`, ``--watch``, the UI and a gauge.
+timeout: `WorkPool.waiting_reason` says so, for `flow-run inspect`, ``--watch`` and the UI, and
+`_stranded` counts them for the gauge.
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.db import repository as repo
 from engine.db.models import DeploymentRow, FlowRunRow, WorkerHeartbeatRow, WorkPoolRow
-from engine.schemas import WorkerInfo, WorkPool
+from engine.schemas import DUE_STATE_NAMES, WorkerInfo, WorkPool
 from engine.states import StateType
 
 __all__ = ["read_pools", "read_workers", "set_limit"]
 
 _OPEN_TYPES = (StateType.SCHEDULED.value, StateType.PENDING.value, StateType.RUNNING.value,
                StateType.CANCELLING.value, StateType.PAUSED.value)
-_DUE_NAMES = ("Scheduled", "Late", "AwaitingRetry")
 
 
 def _worker(row: WorkerHeartbeatRow, now: dt.datetime, timeout: float) -> WorkerInfo:
@@ -68,7 +68,7 @@ async def read_pools(
         counts.setdefault(str(pool), {})[str(state)] = int(count)
     known |= set(counts)
     if names is not None:
-        known = {n for n in known if n in names} | {n for n in names}
+        known = set(names)  # a pool nobody has used yet reads as empty
     stranded = await _stranded(session, now, timeout, workers)
     pools = []
     for name in sorted(known):
@@ -95,7 +95,7 @@ async def _stranded(
         .where(
             FlowRunRow.deployment_id.is_not(None),
             FlowRunRow.state_type == StateType.SCHEDULED.value,
-            FlowRunRow.state_name.in_(_DUE_NAMES),
+            FlowRunRow.state_name.in_(DUE_STATE_NAMES),
             or_(FlowRunRow.dispatched_at <= since, FlowRunRow.expected_start_time <= since),
         )
         .group_by(FlowRunRow.work_pool)

@@ -38,7 +38,7 @@ from engine.db.models import (
     WorkPoolRow,
 )
 from engine.errors import ObjectNotFound
-from engine.schemas import Event, FlowRun
+from engine.schemas import DUE_STATE_NAMES, Event, FlowRun
 from engine.states import State, StateDetails, StateType, utcnow
 
 #: Makes `state` current on the run row; returns the history and outbox rows to add
@@ -47,7 +47,7 @@ EnterState = Callable[[FlowRunRow, State], list[Base]]
 
 DISPATCH_EVENT = "flow-run.dispatched"
 #: Scheduled-type states from which a run may be dispatched (and then claimed by a worker).
-DISPATCHABLE = frozenset({"Scheduled", "Late", "AwaitingRetry"})
+DISPATCHABLE = frozenset(DUE_STATE_NAMES)
 WAITING = "AwaitingConcurrencySlot"
 _ACTIVE_TYPES = (StateType.PENDING.value, StateType.RUNNING.value, StateType.CANCELLING.value)
 
