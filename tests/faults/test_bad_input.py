@@ -362,8 +362,10 @@ def test_deeply_nested_json_is_a_bad_request_not_a_crash(body: bytes) -> None:
     ({"attempts": "two"}, "'attempts' must be a count (an integer >= 0), got 'two'"),
     ({"attempts": -1}, "'attempts' must be a count (an integer >= 0), got -1"),
     ({"attempt": True}, "'attempt' must be a count (an integer >= 0), got True"),
+    ({"code": "sha256:abc"}, "'code' must be an object, got str"),
+    ({"code": {"bundle": 7}}, "code.bundle must be a hash string"),
 ])
-def test_a_dispatch_with_a_bad_attempt_count_says_what_is_wrong(payload: dict, expected: str) -> None:
+def test_a_dispatch_with_a_bad_count_or_code_says_what_is_wrong(payload: dict, expected: str) -> None:
     import json
     import uuid
 
